@@ -1,0 +1,5 @@
+import sys
+
+from vitalstats.cli import main
+
+sys.exit(main())
