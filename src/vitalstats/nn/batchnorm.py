@@ -1,0 +1,259 @@
+"""BatchNorm1d/2d/3d: drop-in for torch.nn's, built on ``vitalstats.nn.functional``.
+
+Same constructor arguments, defaults, parameters, buffers, ``state_dict`` keys and ``_version``
+as torch 2.13, so ``load_state_dict`` works in both directions. Two additions:
+
+* every training forward sets plain attributes ``batch_mean`` and ``batch_var`` (biased), the
+  last batch's per-channel statistics: float32, detached, on the input's device, no host sync;
+* ``skip_nonfinite=True`` (default): a training batch whose statistics hold a NaN/Inf leaves
+  ``running_mean``/``running_var``/``num_batches_tracked`` unchanged and warns once naming the
+  layer. torch's layers are poisoned for good by one such batch (common under mixed
+  precision); ``skip_nonfinite=False`` gives torch's exact behaviour.
+
+    >>> import torch, vitalstats as vs
+    >>> bn = vs.nn.BatchNorm2d(16)
+    >>> y = bn(torch.randn(8, 16, 5, 5))
+    >>> bn.batch_mean.shape, bn.running_var.shape
+    (torch.Size([16]), torch.Size([16]))
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.nn import init
+from torch.nn.parameter import Parameter
+
+from vitalstats.nn._errors import check_float_input, describe_shape
+from vitalstats.nn._guard import DeferredFlagWarning
+from vitalstats.nn.functional import (
+    batch_norm_statistics,
+    check_positive_eps,
+    check_values_per_channel,
+    normalize_with_running_stats,
+    update_running_stats,
+)
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class _NormBase(torch.nn.Module):
+    """Parameters and running buffers shared by BatchNorm and InstanceNorm (torch's layout)."""
+
+    _version = 2
+    __constants__: ClassVar[list[str]] = [
+        "track_running_stats",
+        "momentum",
+        "eps",
+        "num_features",
+        "affine",
+    ]
+    _expected_dims: tuple[int, ...] = ()
+    _input_layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        bias: bool = True,
+        skip_nonfinite: bool = True,
+    ) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.skip_nonfinite = skip_nonfinite
+        self.layer_name: str | None = None  # set by swap_norm_layers; used in messages
+        if affine:
+            self.weight = Parameter(torch.empty(num_features, **factory_kwargs))
+            if bias:
+                self.bias = Parameter(torch.empty(num_features, **factory_kwargs))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.batch_mean: Tensor | None = None
+        self.batch_var: Tensor | None = None
+        self._nonfinite_warning = DeferredFlagWarning()
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset; weight = 1, bias = 0."""
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        version = local_metadata.get("version")
+        if (version is None or version < 2) and self.track_running_stats:
+            # version 2 added num_batches_tracked; older checkpoints load with 0
+            key = prefix + "num_batches_tracked"
+            if key not in state_dict:
+                state_dict[key] = (
+                    self.num_batches_tracked
+                    if self.num_batches_tracked is not None
+                    and self.num_batches_tracked.device != torch.device("meta")
+                    else torch.tensor(0, dtype=torch.long)
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def layer_label(self) -> str:
+        """How messages name this layer: its model path when known, else its repr head."""
+        return self.layer_name or f"{type(self).__name__}({self.num_features})"
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        label = self.layer_label()
+        check_float_input(input, label, min_dims=1)
+        if input.dim() not in self._expected_dims:
+            raise ValueError(
+                f"{label}: expected {self._input_layout} input, got {input.dim()}-D input of "
+                f"shape {describe_shape(input)}. Fix: reshape the input, or use the layer "
+                "made for this many dims (BatchNorm1d: 2-D/3-D, 2d: 4-D, 3d: 5-D)."
+            )
+        if input.shape[1] != self.num_features:
+            raise ValueError(
+                f"{label}: expected {self.num_features} channels in dim 1 of the "
+                f"{self._input_layout} input, got {input.shape[1]} (input of shape "
+                f"{describe_shape(input)}). Fix: build the layer with num_features="
+                f"{input.shape[1]}, or check the previous layer's output size."
+            )
+
+    def _exponential_average_factor(self) -> float | Tensor:
+        """momentum, or 1 / (batches so far) for momentum=None: a tensor, no host sync."""
+        if self.momentum is not None:
+            return self.momentum
+        if self.num_batches_tracked is None:
+            return 0.0  # torch: no count, no update
+        return (self.num_batches_tracked + 1).double().reciprocal()
+
+    def _update_running_stats(self, batch_mean: Tensor, batch_var: Tensor, count: int) -> None:
+        """Fold this batch into the running buffers (training with track_running_stats)."""
+        factor = self._exponential_average_factor()
+        finite = update_running_stats(
+            self.running_mean,
+            self.running_var,
+            batch_mean,
+            batch_var,
+            count,
+            factor,
+            skip_nonfinite=self.skip_nonfinite,
+        )
+        if self.num_batches_tracked is None:
+            return
+        if finite is None:
+            self.num_batches_tracked.add_(1)
+            return
+        self.num_batches_tracked.add_(finite.long())
+        self._nonfinite_warning.record(~finite, self._nonfinite_message)
+
+    def _nonfinite_message(self) -> str:
+        return (
+            f"{self.layer_label()}: a training batch had non-finite (NaN/Inf) statistics; "
+            "running_mean, running_var and num_batches_tracked were left unchanged (torch's "
+            "BatchNorm would have been poisoned for good). Look for overflow in the layers "
+            "before it or a too-large loss scale; pass skip_nonfinite=False for torch's exact "
+            "behaviour. (Warned once per layer.)"
+        )
+
+
+class _BatchNorm(_NormBase):
+    """BatchNorm over the channel dim 1 of (N, C, *) input; see the module docstring."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if not use_batch_stats:
+            return normalize_with_running_stats(
+                input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
+            )
+        if input.numel() == 0:  # torch: empty output, buffers kept, the batch still counted
+            if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            return normalize_with_running_stats(
+                input, input.new_zeros(self.num_features), input.new_ones(self.num_features),
+                self.weight, self.bias, self.eps,
+            )  # fmt: skip
+        check_values_per_channel(input, self.layer_label())
+        check_positive_eps(self.eps, self.layer_label())
+        output, mean, var = batch_norm_statistics(input, self.weight, self.bias, self.eps)
+        if self.training:
+            # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
+            self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
+            if self.track_running_stats and self.running_mean is not None:
+                self._update_running_stats(mean, var, input.numel() // self.num_features)
+        return output
+
+
+class BatchNorm1d(_BatchNorm):
+    """BatchNorm over (N, C) or (N, C, L) input: per-channel statistics over N (and L).
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias; Var biased in the normalisation,
+    unbiased (n / (n - 1)) in the ``running_var`` update; eval uses the running statistics.
+    """
+
+    _expected_dims = (2, 3)
+    _input_layout = "2-D (N, C) or 3-D (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """BatchNorm over (N, C, H, W): per-channel statistics over N, H, W (see BatchNorm1d).
+    channels_last input gives channels_last output."""
+
+    _expected_dims = (4,)
+    _input_layout = "4-D (N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """BatchNorm over (N, C, D, H, W): per-channel statistics over N, D, H, W."""
+
+    _expected_dims = (5,)
+    _input_layout = "5-D (N, C, D, H, W)"
