@@ -33,7 +33,7 @@ __all__ = [
     "swap_norm_layers",
 ]
 
-from vitalstats.nn.buffers import check_buffer_divergence, sync_buffers  # noqa: E402
-from vitalstats.nn.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm  # noqa: E402
+from vitalstats.nn.buffers import check_buffer_divergence, sync_buffers
+from vitalstats.nn.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ += ["SyncBatchNorm", "check_buffer_divergence", "convert_sync_batchnorm", "sync_buffers"]

@@ -1,0 +1,310 @@
+"""Figures for the report: plain numpy in, a self-contained SVG data URI out.
+
+matplotlib is imported here only (lazily, from the report), with the Agg backend, so
+``import vitalstats`` never pulls it in. Each figure is written as SVG with text kept as text
+(``svg.fonttype = "none"``) and embedded as ``data:image/svg+xml;base64,...`` in an ``<img>``:
+an image cannot run script, so no name from a model can inject anything through a figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+UPDATE_TO_DATA_GUIDE_LOG10 = -3.0  # Karpathy's rule of thumb: update std ~ 1e-3 of weight std
+
+
+@dataclass(frozen=True)
+class Line:
+    """One curve: ``label`` as shown in the legend, x and y as float arrays of equal length."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    dashed: bool = False
+
+
+def _pyplot():  # -> matplotlib.pyplot
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mpl_text(text: str) -> str:
+    """A model/store name made literal for matplotlib: ``$`` would start mathtext and a
+    leading ``_`` would hide a legend entry (``_orig_mod.fc.weight`` from torch.compile)."""
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
+def to_data_uri(figure: Any) -> str:  # figure: matplotlib.figure.Figure
+    """Render ``figure`` to SVG and return it as a base64 data URI; closes the figure."""
+    import matplotlib
+
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vitalstats"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(figure)
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _colors(count: int) -> list:
+    plt = _pyplot()
+    cmap = plt.get_cmap("viridis")
+    return [cmap(i / max(count - 1, 1) * 0.9) for i in range(count)]
+
+
+def _finite(x: np.ndarray, y: np.ndarray, positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isfinite(y) & np.isfinite(x)
+    if positive:
+        keep &= y > 0
+    return x[keep], y[keep]
+
+
+def _integer_steps(axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(axes, count: int) -> None:
+    if count == 0:
+        return
+    if count <= 8:
+        axes.legend(fontsize=7, frameon=False)
+    else:
+        axes.legend(
+            fontsize=6,
+            frameon=False,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            ncol=1 + count // 24,
+        )
+
+
+MAX_POINTS_PER_LINE = 1000  # longer series are drawn as bucket means (SVG size stays bounded)
+
+
+def thin(
+    x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS_PER_LINE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) cut into at most ``max_points`` consecutive buckets of near-equal size, each
+    drawn as its mean x and mean y; also returns each bucket's min and max y (the envelope).
+    Series this short or shorter come back unchanged (min = max = y)."""
+    if len(x) <= max_points:
+        return x, y, y, y
+    buckets_x, buckets_y = np.array_split(x, max_points), np.array_split(y, max_points)
+    return (
+        np.array([b.mean() for b in buckets_x]),
+        np.array([b.mean() for b in buckets_y]),
+        np.array([b.min() for b in buckets_y]),
+        np.array([b.max() for b in buckets_y]),
+    )
+
+
+def _draw(axes, x: np.ndarray, y: np.ndarray, **style) -> None:
+    x, y, _, _ = thin(x, y)
+    marker = "o" if len(x) == 1 else None  # a single point is invisible as a line
+    axes.plot(x, y, marker=marker, markersize=3, **style)
+
+
+def lines_figure(
+    lines: Sequence[Line],
+    title: str,
+    ylabel: str,
+    xlabel: str = "step",
+    log_y: bool = False,
+    guide: float | None = None,
+    guide_label: str = "",
+    by_order_colors: bool = True,
+) -> str:
+    """One axes of curves (e.g. gradient norm per layer over steps); optional horizontal guide.
+
+    Non-finite points (and, on a log axis, non-positive ones) are left out of the drawing.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7.5, 3.4))
+    colors = _colors(len(lines)) if by_order_colors else [None] * len(lines)
+    drawn = []
+    for line, color in zip(lines, colors):
+        x, y = _finite(np.asarray(line.x, float), np.asarray(line.y, float), positive=log_y)
+        style = {"linestyle": "--", "linewidth": 0.9} if line.dashed else {"linewidth": 1.2}
+        _draw(axes, x, y, label=mpl_text(line.label), color=color, **style)
+        drawn.append(y)
+    if guide is not None:
+        axes.axhline(guide, color="#c0392b", linestyle="--", linewidth=1, label=guide_label or None)
+    if log_y:
+        axes.set_yscale("log")
+        values = np.concatenate(drawn) if drawn else np.array([])
+        if len(values):  # a few extreme dips (a gradient of 1e-30) must not flatten the rest
+            low, high = np.percentile(values, 1) / 3, values.max() * 3
+            if low < high:
+                axes.set_ylim(low, high)
+    axes.set_title(mpl_text(title), fontsize=10)
+    if xlabel == "step":
+        _integer_steps(axes)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    _legend(axes, len(lines) + (1 if guide is not None and guide_label else 0))
+    return to_data_uri(figure)
+
+
+def _thin_band(steps: np.ndarray, mean: np.ndarray, std: np.ndarray, ok: np.ndarray):
+    steps, mean, std = steps[ok], mean[ok], std[ok]
+    steps, mean, _, _ = thin(steps.astype(float), mean)
+    _, std, _, _ = thin(np.zeros(len(std)), std)
+    return steps, mean, std, np.ones(len(steps), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LossCurve:
+    """A run's loss and its exponentially weighted mean and std (any may be empty)."""
+
+    run: str
+    loss: Line
+    ewm_mean: Line
+    ewm_std: Line
+    eval_loss: Line
+
+
+def loss_figure(curves: Sequence[LossCurve]) -> str:
+    """One panel per run: raw loss (faint), EWM mean, a band of EWM mean +- 2 EWM std, eval loss.
+
+    The band is drawn where mean and std share a step; the y axis is logarithmic when every
+    drawn loss is positive (cross-entropy losses are).
+    """
+    plt = _pyplot()
+    columns = min(len(curves), 2)
+    rows = -(-len(curves) // columns)
+    figure, axes_grid = plt.subplots(
+        rows, columns, figsize=(7.5 if columns == 1 else 11, 3.0 * rows), squeeze=False
+    )
+    for index, curve in enumerate(curves):
+        axes = axes_grid[index // columns][index % columns]
+        x, y = _finite(curve.loss.x, curve.loss.y)
+        _draw(axes, x, y, color="#7f8c8d", alpha=0.45, linewidth=0.8, label="loss")
+        if len(x) > MAX_POINTS_PER_LINE:  # thinned: keep spikes visible as a min/max envelope
+            envelope_x, _, low, high = thin(x, y)
+            axes.fill_between(envelope_x, low, high, color="#7f8c8d", alpha=0.2, linewidth=0)
+        mean_x, mean_y = _finite(curve.ewm_mean.x, curve.ewm_mean.y)
+        _draw(axes, mean_x, mean_y, color="#2c3e50", linewidth=1.5, label="EWM mean")
+        shared, mean_at, std_at = np.intersect1d(
+            curve.ewm_mean.x, curve.ewm_std.x, assume_unique=False, return_indices=True
+        )
+        if len(shared):
+            mean = curve.ewm_mean.y[mean_at]
+            std = curve.ewm_std.y[std_at]
+            ok = np.isfinite(mean) & np.isfinite(std)
+            shared, mean, std, ok = _thin_band(shared, mean, std, ok)
+            axes.fill_between(
+                shared[ok], (mean - 2 * std)[ok], (mean + 2 * std)[ok], color="#3498db", alpha=0.25,
+                label="EWM mean ± 2 std",
+            )  # fmt: skip
+        eval_x, eval_y = _finite(curve.eval_loss.x, curve.eval_loss.y)
+        if len(eval_x):
+            axes.plot(eval_x, eval_y, "D", color="#e67e22", markersize=4, label="eval loss")
+        drawn = np.concatenate([y, mean_y, eval_y])
+        if len(drawn) and np.all(drawn > 0) and drawn.max() / drawn.min() > 20:
+            axes.set_yscale("log")  # the band may reach below zero; rare tiny losses are clipped
+            axes.set_ylim(np.percentile(drawn, 1) / 3, drawn.max() * 2)
+        elif len(drawn):
+            span = max(drawn.max() - drawn.min(), 1e-12)
+            axes.set_ylim(drawn.min() - 0.1 * span, drawn.max() + 0.1 * span)
+        axes.set_title(mpl_text(curve.run), fontsize=10)
+        _integer_steps(axes)
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, frameon=False)
+    for index in range(len(curves), rows * columns):
+        axes_grid[index // columns][index % columns].set_visible(False)
+    figure.tight_layout()
+    return to_data_uri(figure)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One layer's histogram at one step: bin ``edges`` (n + 1) and ``counts`` (n)."""
+
+    label: str
+    edges: np.ndarray
+    counts: np.ndarray
+
+
+def histograms_figure(histograms: Sequence[Histogram], title: str) -> str:
+    """The makemore figure: one density curve per layer over the bin centres, legend by layer.
+
+    Density = count / (total count * bin width), so layers with different bin widths compare.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7.5, 3.2))
+    low, high = np.inf, -np.inf
+    for histogram, color in zip(histograms, _colors(len(histograms))):
+        edges = np.asarray(histogram.edges, float)
+        counts = np.asarray(histogram.counts, float)
+        total = counts.sum()
+        if total <= 0 or len(edges) != len(counts) + 1:
+            continue
+        occupied = np.flatnonzero(counts > 0)
+        low, high = min(low, edges[occupied[0]]), max(high, edges[occupied[-1] + 1])
+        density = counts / (total * np.diff(edges))
+        centres = (edges[:-1] + edges[1:]) / 2
+        axes.plot(centres, density, color=color, linewidth=1.3, label=mpl_text(histogram.label))
+    if np.isfinite(low) and high > low:  # zoom on the occupied bins
+        margin = 0.1 * (high - low)
+        axes.set_xlim(low - margin, high + margin)
+    axes.set_title(mpl_text(title), fontsize=10)
+    axes.set_xlabel("activation value")
+    axes.set_ylabel("density")
+    axes.grid(alpha=0.3)
+    if histograms:
+        axes.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2))
+    return to_data_uri(figure)
+
+
+def by_depth_figure(
+    std_by_run: Mapping[str, Line],
+    saturation_by_run: Mapping[str, Line],
+    tick_labels: Sequence[str],
+) -> str:
+    """Two panels over layer position (forward order): activation std and saturated fraction.
+
+    Each run is one line (solid: last measured step); ``tick_labels`` name the positions.
+    """
+    plt = _pyplot()
+    panels = [
+        ("activation std", std_by_run, True),
+        ("saturated fraction", saturation_by_run, False),
+    ]
+    panels = [panel for panel in panels if panel[1]]
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.4), squeeze=False)
+    runs = list(dict.fromkeys([*std_by_run, *saturation_by_run]))
+    palette = plt.get_cmap("tab10").colors
+    color_of = {run: palette[index % len(palette)] for index, run in enumerate(runs)}
+    for axes, (ylabel, by_run, log_y) in zip(axes_row[0], panels):
+        for run, line in by_run.items():
+            color = color_of[run]
+            x, y = _finite(np.asarray(line.x, float), np.asarray(line.y, float), positive=log_y)
+            axes.plot(x, y, marker="o", markersize=3, color=color, label=mpl_text(run))
+        if log_y:
+            axes.set_yscale("log")
+        axes.set_xticks(range(len(tick_labels)))
+        axes.set_xticklabels(
+            [mpl_text(t) for t in tick_labels], rotation=45, ha="right", fontsize=7
+        )
+        axes.set_xlabel("layer position (forward order)")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return to_data_uri(figure)
