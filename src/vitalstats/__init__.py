@@ -25,7 +25,21 @@ _TOP_LEVEL = {
     "RunStore": "vitalstats.store",
 }
 
-__all__ = ["__version__", *_SUBPACKAGES, *_TOP_LEVEL]
+__all__ = [  # noqa: RUF022 (grouped: version, subpackages, top-level names)
+    "__version__",
+    "data",
+    "init",
+    "monitor",
+    "nn",
+    "optim",
+    "report",
+    "stats",
+    "store",
+    "Finding",
+    "Monitor",
+    "RunStore",
+    "lint",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from vitalstats import data, init, monitor, nn, optim, report, stats, store

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _entry(rank: int, world_size: int, init_file: str, backend: str, worker: Callable,
-           args: tuple, out_dir: str) -> None:
+def _entry(
+    rank: int,
+    world_size: int,
+    init_file: str,
+    backend: str,
+    worker: Callable,
+    args: tuple,
+    out_dir: str,
+) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     import torch.distributed as dist
@@ -30,8 +37,9 @@ def _entry(rank: int, world_size: int, init_file: str, backend: str, worker: Cal
     torch.set_num_threads(1)
     out = Path(out_dir)
     try:
-        dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                                world_size=world_size)
+        dist.init_process_group(
+            backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size
+        )
         try:
             result = worker(rank, world_size, *args)
         finally:
@@ -42,8 +50,13 @@ def _entry(rank: int, world_size: int, init_file: str, backend: str, worker: Cal
         raise SystemExit(1) from None
 
 
-def run_ranks(worker: Callable, world_size: int = 2, args: tuple = (), timeout: float = 120.0,
-              backend: str = "gloo") -> list[Any]:
+def run_ranks(
+    worker: Callable,
+    world_size: int = 2,
+    args: tuple = (),
+    timeout: float = 120.0,
+    backend: str = "gloo",
+) -> list[Any]:
     """Return ``[worker(0, ...), worker(1, ...), ...]`` computed on separate ranks."""
     import torch
 
@@ -51,8 +64,11 @@ def run_ranks(worker: Callable, world_size: int = 2, args: tuple = (), timeout: 
     with tempfile.TemporaryDirectory(prefix="vs-dist-") as tmp:
         init_file = os.path.join(tmp, "init")
         procs = [
-            ctx.Process(target=_entry, args=(r, world_size, init_file, backend, worker, args, tmp),
-                        daemon=True)
+            ctx.Process(
+                target=_entry,
+                args=(r, world_size, init_file, backend, worker, args, tmp),
+                daemon=True,
+            )
             for r in range(world_size)
         ]
         for p in procs:
@@ -65,8 +81,11 @@ def run_ranks(worker: Callable, world_size: int = 2, args: tuple = (), timeout: 
             if p.is_alive():
                 p.kill()
                 p.join(5)
-        errors = {r: (Path(tmp) / f"rank{r}.err").read_text()
-                  for r in range(world_size) if (Path(tmp) / f"rank{r}.err").exists()}
+        errors = {
+            r: (Path(tmp) / f"rank{r}.err").read_text()
+            for r in range(world_size)
+            if (Path(tmp) / f"rank{r}.err").exists()
+        }
         if errors:
             detail = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(errors.items()))
             raise RuntimeError(f"{len(errors)} of {world_size} ranks failed:\n{detail}")
@@ -75,5 +94,6 @@ def run_ranks(worker: Callable, world_size: int = 2, args: tuple = (), timeout: 
         bad = [r for r, p in enumerate(procs) if p.exitcode != 0]
         if bad:
             raise RuntimeError(f"ranks {bad} exited with codes {[procs[r].exitcode for r in bad]}")
-        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False)
-                for r in range(world_size)]
+        return [
+            torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world_size)
+        ]
