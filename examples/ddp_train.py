@@ -6,9 +6,10 @@ bundled digits (8x8 images, 10 classes). Runs on CPU (gloo) or one GPU per proce
 
 Each rank sees its own shard of every batch; SyncBatchNorm normalises with the statistics of
 the whole global batch, so the result does not depend on how many ranks share it. DDP runs
-without its buffer broadcast (``broadcast_buffers=False``, ``forward_sync_buffers=False``): the running statistics still agree on every rank because
-each SyncBatchNorm updates them from the same merged statistics, which the buffer-divergence
-check at the end confirms.
+without its buffer broadcast (``broadcast_buffers=False``, called ``forward_sync_buffers=False``
+since torch 2.13): the running statistics still agree on every rank because each
+SyncBatchNorm updates them from the same merged statistics, which the buffer-divergence check
+at the end confirms.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def main() -> None:
     train, test = digits(args.seed)
     sampler = DistributedSampler(train, shuffle=True, seed=args.seed, drop_last=True)
     loader = DataLoader(train, batch_size=args.batch_size, sampler=sampler, drop_last=True)
-    model = vs.nn.convert_sync_batchnorm(small_cnn(), timeout=60.0).to(device)
+    # On gloo, timeout= makes a rank whose peer skipped a step fail within 60 s, naming the layer.
+    # Under NCCL a timeout would make every collective block the CPU until the GPU has finished
+    # it, so there the process group's own timeout (init_process_group(timeout=...)) applies.
+    timeout = None if use_cuda else 60.0
+    model = vs.nn.convert_sync_batchnorm(small_cnn(), timeout=timeout).to(device)
     ddp = DistributedDataParallel(model, **no_buffer_broadcast())
     optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
 

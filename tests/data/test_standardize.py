@@ -125,8 +125,13 @@ def test_nonfinite_fitting_data_raises_with_count_and_first_index():
     ):
         vs.data.Standardize().fit(x)
     batches = [torch.randn(5, 3), x[5:]]
+    scaler = vs.data.Standardize()
     with pytest.raises(ValueError, match=r"1 NaN/Inf values.*index \(3, 2\).*sample 8"):
-        vs.data.Standardize().fit(batches)
+        scaler.fit(batches)
+    # not left half-fitted on the batches before the bad one
+    assert not scaler.is_fitted and scaler.mean.numel() == 0
+    with pytest.raises(RuntimeError, match="not fitted"):
+        scaler(torch.randn(2, 3))
 
 
 def test_nonfinite_values_are_omitted_on_request():

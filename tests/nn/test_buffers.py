@@ -29,17 +29,17 @@ def _model() -> torch.nn.Module:
 # Per rank: (running_mean, running_var, num_batches_tracked) of layers "1", "4", "5".
 # Layer 1: means differ by 0.3 where var = 1 on both ranks            -> divergence 0.3
 # Layer 4: var 1 on rank 0 and 4 on rank 1, same means                 -> divergence log 4
-# Layer 5: identical                                                   -> divergence 0
+# Layer 5: identical, a dead channel (var 0, eps 0) included          -> divergence 0
 RANK_BUFFERS = [
     {
         "1": ([0.0, 2.0], [1.0, 9.0], 5),
         "4": ([1.0, 1.0, 1.0], [1.0, 2.0, 2.0], 5),
-        "5": ([0.5, 0.5, 0.5], [3.0, 3.0, 3.0], 5),
+        "5": ([0.5, 0.5, 0.5], [0.0, 3.0, 3.0], 5),
     },
     {
         "1": ([0.3, 2.0], [1.0, 9.0], 7),
         "4": ([1.0, 1.0, 1.0], [4.0, 2.0, 2.0], 7),
-        "5": ([0.5, 0.5, 0.5], [3.0, 3.0, 3.0], 7),
+        "5": ([0.5, 0.5, 0.5], [0.0, 3.0, 3.0], 7),
     },
 ]
 
@@ -92,12 +92,22 @@ def _divergence_then_sync(rank: int, world_size: int) -> dict:
         check_buffer_divergence(other)
     except ValueError as err:
         mismatch = str(err)
+    # a rank whose model has no BatchNorm at all must still take part, not leave rank 0 waiting
+    lopsided = _model() if rank == 0 else torch.nn.Sequential(torch.nn.Linear(2, 2))
+    no_layers_mismatch = None
+    try:
+        sync_buffers(lopsided)
+    except ValueError as err:
+        no_layers_mismatch = str(err)
+    none_anywhere = check_buffer_divergence(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     drift = {"local": _ddp_drift(rank, False), "sync": _ddp_drift(rank, True)}
     return {
         "before": before,
         "after": after,
         "buffers": _buffers(model),
         "mismatch": mismatch,
+        "no_layers_mismatch": no_layers_mismatch,
+        "none_anywhere": none_anywhere,
         "drift": drift,
     }
 
@@ -132,6 +142,15 @@ def test_different_models_on_the_ranks_raise_with_each_ranks_layout(two_ranks):
     for result in two_ranks:
         assert "rank 0: 3 layers with 8 channels" in result["mismatch"]
         assert "rank 1: 4 layers with 12 channels" in result["mismatch"]
+
+
+@pytest.mark.distributed
+def test_a_rank_without_running_statistics_raises_instead_of_leaving_peers_waiting(two_ranks):
+    for result in two_ranks:
+        assert "sync_buffers: the ranks hold different models" in result["no_layers_mismatch"]
+        assert "rank 0: 3 layers with 8 channels" in result["no_layers_mismatch"]
+        assert "rank 1: 0 layers with 0 channels" in result["no_layers_mismatch"]
+        assert result["none_anywhere"] == {}
 
 
 @pytest.mark.distributed

@@ -109,3 +109,36 @@ def test_stats_record_is_frozen():
     stats = vs.optim.grad_stats(model_with_gradients())
     with pytest.raises(AttributeError):
         stats.mean = 0.0  # type: ignore[misc]
+
+
+def test_one_fused_norm_call_and_one_host_transfer(monkeypatch):
+    """The issue's cost claim: one ``_foreach_norm`` per (device, dtype) group, one ``.cpu()``."""
+    model = model_with_gradients()
+    calls = {"foreach_norm": 0, "cpu": 0}
+    foreach_norm, to_cpu = torch._foreach_norm, torch.Tensor.cpu
+
+    def counting_foreach_norm(*args, **kwargs):
+        calls["foreach_norm"] += 1
+        return foreach_norm(*args, **kwargs)
+
+    def counting_cpu(self, *args, **kwargs):
+        calls["cpu"] += 1
+        return to_cpu(self, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("per-parameter host read inside grad_stats")
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting_foreach_norm)
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    monkeypatch.setattr(torch.linalg, "vector_norm", forbidden)
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    stats = vs.optim.grad_stats(model)
+    monkeypatch.undo()
+    assert calls == {"foreach_norm": 1, "cpu": 1}
+    assert stats.max == pytest.approx(seeds_log_gradient_stats(model)["grad_norm_max"], rel=1e-6)
+
+
+def test_a_non_iterable_argument_is_refused_with_the_fix():
+    with pytest.raises(TypeError, match=r"grad_stats: expected an nn.Module.*got a int"):
+        vs.optim.grad_stats(42)

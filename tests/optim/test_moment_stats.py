@@ -199,3 +199,26 @@ def test_cuda_statistics_stay_on_the_device_without_sync():
         torch.cuda.set_sync_debug_mode("default")
     assert stats.step_rms.device.type == "cuda"
     torch.testing.assert_close(as_matrix(stats).cpu(), float64_oracle(optimizer), rtol=1e-5, atol=0)
+
+
+def test_no_host_read_of_moments_or_parameters(monkeypatch):
+    """Only the CPU step counters are read; every statistic stays a tensor (no device sync)."""
+    model = make_model()
+    optimizer = vs.optim.AdamW(model.parameters(), lr=torch.tensor(1e-2), amsgrad=True)
+    take_steps(model, optimizer, 3)
+    step_counters = {id(state["step"]) for state in optimizer.state.values()}
+    item = torch.Tensor.item
+
+    def item_of_step_counters_only(self):
+        assert id(self) in step_counters, "host read of a statistic inside moment_stats"
+        return item(self)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read inside moment_stats")
+
+    monkeypatch.setattr(torch.Tensor, "item", item_of_step_counters_only)
+    for name in ("tolist", "cpu", "numpy", "__float__", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    stats = optimizer.moment_stats()
+    monkeypatch.undo()
+    torch.testing.assert_close(as_matrix(stats), float64_oracle(optimizer), rtol=1e-5, atol=0)

@@ -58,3 +58,15 @@ def test_blocked_sum_is_within_two_float32_ulps_of_float64(shape, dims):
 def test_blocked_sum_counts_exactly_past_float32_integers():
     ones = torch.ones(2**24 + 3)  # a float32 running sum would stick at 2**24
     assert blocked_sum(ones, (0,)).item() == 2**24 + 3
+
+
+def test_reduce_dims_may_be_negative_or_unsorted_and_bad_ones_are_refused():
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
+    for dims in [(2, 0), (-1, 0), [0, -1, 2]]:
+        result = vs.stats.batch_moments(x, dims)
+        torch.testing.assert_close(result.mean, mean, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(result.m2 / 24, var, rtol=1e-12, atol=0)
+    for dims in [(), (3,), (-4,)]:
+        with pytest.raises(ValueError, match=r"reduce_dims=.*shape \(6, 3, 4\).*expected"):
+            vs.stats.batch_moments(x, dims)

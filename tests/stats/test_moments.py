@@ -312,3 +312,10 @@ def test_cuda_update_stays_on_device_without_sync():
     assert abs(m.var() - reference) / reference < 1e-6
     with pytest.raises(ValueError, match="move the input"):
         m.update(torch.randn(3))
+
+
+def test_dims_of_the_wrong_type_are_refused_at_construction():
+    assert vs.stats.Moments(range(2)).dims == (0, 1)
+    for dims in ("0", 1.5, [0, "x"]):
+        with pytest.raises(TypeError, match=r"dims=.*expected the reduced dimensions as an int"):
+            vs.stats.Moments(dims)

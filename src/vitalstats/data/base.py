@@ -46,12 +46,19 @@ class StreamingScaler(nn.Module):
 
     # ----------------------------------------------------------------------------- fitting
     def fit(self, data: torch.Tensor | Iterable[Any]) -> StreamingScaler:
-        """Reset, then fit on ``data`` in one streaming pass; returns self."""
-        self._moments, self._samples_seen = None, 0
-        self.count = torch.zeros(0, dtype=torch.int64, device=self.count.device)
+        """Reset, then fit on ``data`` in one streaming pass; returns self.
+
+        If a batch is refused (NaN/Inf, a changed feature count), the scaler is left unfitted
+        rather than fitted on the batches before it.
+        """
+        self._reset()
         batches = [data] if isinstance(data, torch.Tensor) else data
-        for batch in batches:
-            self.partial_fit(batch)
+        try:
+            for batch in batches:
+                self.partial_fit(batch)
+        except Exception:
+            self._reset()
+            raise
         if self._moments is None:
             raise ValueError(f"{type(self).__name__}.fit: the data held no batches")
         self._warn_degenerate()
@@ -75,6 +82,13 @@ class StreamingScaler(nn.Module):
         return self
 
     # ----------------------------------------------------------------------------- helpers
+    def _reset(self) -> None:
+        """Forget every statistic: unfitted, as after construction."""
+        self._moments, self._samples_seen = None, 0
+        self.count = torch.zeros(0, dtype=torch.int64, device=self.count.device)
+        for name in self._buffer_names:
+            setattr(self, name, torch.zeros(0, dtype=torch.float64, device=self.count.device))
+
     @property
     def is_fitted(self) -> bool:
         return self.count.numel() > 0

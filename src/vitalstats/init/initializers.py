@@ -7,7 +7,7 @@ torch's tensor; what we add is errors that name the function, the shape and the 
     >>> g = torch.Generator().manual_seed(0)
     >>> w = kaiming_normal_(torch.empty(256, 512), nonlinearity="relu", generator=g)
     >>> round(w.std().item(), 3)  # kaiming_std(512, "relu") = 0.0625
-    0.062
+    0.063
 """
 
 from __future__ import annotations

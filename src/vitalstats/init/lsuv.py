@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class _StopForward(Exception):
     """Raised from a hook once the measured layer has run: the rest of the forward is skipped."""
 
 
-def _output_std(model: nn.Module, layer: nn.Module, batch) -> float | None:
+def _output_std(model: nn.Module, layer: nn.Module, batch: Any) -> float | None:
     """Std of ``layer``'s output (its first call) on ``model(batch)``; None if never called."""
     measured: list[float] = []
 
@@ -62,13 +63,17 @@ def _output_std(model: nn.Module, layer: nn.Module, batch) -> float | None:
 
 def lsuv_(
     model: nn.Module,
-    batch,
+    batch: Any,
     target_std: float = 1.0,
     tol: float = 0.05,
     max_iter: int = 10,
     generator: torch.Generator | None = None,
 ) -> list[LSUVRecord]:
     """Initialise every Linear/Conv of ``model`` in place so each outputs ``target_std`` on ``batch``.
+
+    ``batch`` is what the model is called with: a tensor, a tuple of positional arguments or a
+    dict of keyword arguments. ``tol`` is relative: stop when ``|std - target_std| <= tol *
+    target_std`` or after ``max_iter`` rescales.
 
     The forwards run with BatchNorm using batch statistics (training behaviour) and dropout
     off, whatever mode the model is in; afterwards every module's train/eval flag and every

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -169,7 +169,7 @@ def init_model_(
     *,
     distribution: Distribution = "normal",
     mode: Literal["fan_in", "fan_out"] = "fan_in",
-    batch=None,
+    batch: Any = None,
     generator: torch.Generator | None = None,
 ) -> list[InitRecord]:
     """Initialise every Linear/Conv of ``model`` in place; returns one :class:`InitRecord` each.

@@ -42,12 +42,23 @@ def _group_size(group: Any | None) -> int:
     return max(dist.get_world_size(group), 1)
 
 
+def _collective_device(layers: list[tuple[str, torch.nn.Module]], group: Any | None):
+    """Where this rank's collective tensors live: its buffers' device, or for a rank without
+    any, the current CUDA device under NCCL (which cannot move CPU tensors) and else the CPU."""
+    if layers:
+        return layers[0][1].running_mean.device
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _check_same_layout(
     layers: list[tuple[str, torch.nn.Module]], group: Any | None, what: str
 ) -> None:
     """Every rank must hold the same number of layers with the same number of channels (a size
-    mismatch inside a gloo collective aborts the process, so compare first)."""
-    device = layers[0][1].running_mean.device if layers else torch.device("cpu")
+    mismatch inside a gloo collective aborts the process, so compare first). Runs on every
+    rank, even one without such layers, so that rank cannot leave its peers waiting."""
+    device = _collective_device(layers, group)
     mine = torch.tensor(
         [len(layers), sum(m.running_mean.numel() for _, m in layers)], device=device
     )
@@ -90,9 +101,11 @@ def check_buffer_divergence(model: torch.nn.Module, group: Any | None = None) ->
     """
     layers = layers_with_running_stats(model)
     world_size = _group_size(group)
-    if world_size == 1 or not layers:
+    if world_size == 1:
         return {name: 0.0 for name, _ in layers}
     _check_same_layout(layers, group, "check_buffer_divergence")
+    if not layers:  # the same on every rank: nothing to compare
+        return {}
     flat = _flat_statistics(layers)
     every = [torch.empty_like(flat) for _ in range(world_size)]
     dist.all_gather(every, flat, group)
@@ -105,8 +118,13 @@ def check_buffer_divergence(model: torch.nn.Module, group: Any | None = None) ->
         eps = getattr(module, "eps", 1e-5)
         variances = stacked[:, offset + channels : offset + 2 * channels] + eps
         offset += 2 * channels
-        mean_spread = (means.amax(dim=0) - means.amin(dim=0)) / variances.mean(dim=0).sqrt()
-        var_spread = (variances.amax(dim=0) / variances.amin(dim=0)).log()
+        mean_gap = means.amax(dim=0) - means.amin(dim=0)
+        largest_var, smallest_var = variances.amax(dim=0), variances.amin(dim=0)
+        # identical on every rank is 0, also for a dead channel (var 0) in a layer with eps=0
+        mean_spread = torch.where(mean_gap == 0, 0.0, mean_gap / variances.mean(dim=0).sqrt())
+        var_spread = torch.where(
+            largest_var == smallest_var, 0.0, (largest_var / smallest_var).log()
+        )
         divergences.append(torch.maximum(mean_spread, var_spread).amax())
     values = torch.stack(divergences).tolist()
     return {name: value for (name, _), value in zip(layers, values, strict=True)}
@@ -122,9 +140,11 @@ def sync_buffers(model: torch.nn.Module, group: Any | None = None) -> None:
     """
     layers = layers_with_running_stats(model)
     world_size = _group_size(group)
-    if world_size == 1 or not layers:
+    if world_size == 1:
         return
     _check_same_layout(layers, group, "sync_buffers")
+    if not layers:  # the same on every rank: nothing to average
+        return
     flat = _flat_statistics(layers)
     dist.all_reduce(flat, group=group)
     flat /= world_size

@@ -21,6 +21,12 @@ def named_tensors(parameters: ParametersLike, *, argument: str) -> list[tuple[st
         return list(parameters.named_parameters())
     if isinstance(parameters, Tensor):
         return [("parameter[0]", parameters)]
+    if not isinstance(parameters, Iterable):
+        raise TypeError(
+            f"{argument}: expected an nn.Module, tensors or (name, tensor) pairs, got a "
+            f"{type(parameters).__name__}. Pass model, model.parameters() or "
+            "model.named_parameters()."
+        )
     named: list[tuple[str, Tensor]] = []
     for index, item in enumerate(parameters):
         if isinstance(item, Tensor):

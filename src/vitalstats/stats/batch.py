@@ -25,6 +25,7 @@ NaN, min/max follow ``torch.amin``/``torch.amax``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def batch_moments(
-    x: torch.Tensor, reduce_dims: tuple[int, ...], exclude_nonfinite: bool = True
+    x: torch.Tensor, reduce_dims: Sequence[int], exclude_nonfinite: bool = True
 ) -> BatchMoments:
-    """Moments of ``x`` over ``reduce_dims`` (non-empty, sorted, non-negative). No host sync."""
+    """Moments of ``x`` over ``reduce_dims`` (at least one dim; negative dims count from the
+    end). No host sync."""
+    reduce_dims = _normalised_reduce_dims(x, reduce_dims)
     kept_shape = torch.Size(s for d, s in enumerate(x.shape) if d not in reduce_dims)
     n = x.numel() // max(kept_shape.numel(), 1)
     dtype = compute_dtype(x.dtype)
@@ -99,6 +102,20 @@ def batch_moments(
         max=high.to(torch.float64),
         nonfinite=nonfinite,
     )
+
+
+def _normalised_reduce_dims(x: torch.Tensor, reduce_dims: Sequence[int]) -> tuple[int, ...]:
+    """``reduce_dims`` as a sorted tuple of distinct non-negative dims; a clear error if bad."""
+    ndim = x.dim()
+    dims = tuple(int(d) for d in reduce_dims)
+    if not dims or any(not -ndim <= d < ndim for d in dims):
+        raise ValueError(
+            f"batch_moments: reduce_dims={dims} for an input of shape {tuple(x.shape)} "
+            f"({ndim}-d); expected at least one dim in [-{max(ndim, 1)}, {max(ndim, 1) - 1}]. "
+            "For a 0-d tensor or elementwise statistics use Moments, or x.unsqueeze(0) with "
+            "reduce_dims=(0,)"
+        )
+    return tuple(sorted({d % ndim for d in dims}))
 
 
 def _shift(x: torch.Tensor, reduce_dims: tuple[int, ...], exclude_nonfinite: bool) -> torch.Tensor:

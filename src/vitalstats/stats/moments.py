@@ -14,7 +14,8 @@ The state is a handful of float64 tensors of the kept dims' shape on the input's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -39,9 +40,7 @@ class Moments:
     def __init__(
         self, dims: int | Sequence[int] | None = None, *, exclude_nonfinite: bool = True
     ) -> None:
-        if isinstance(dims, int):
-            dims = (dims,)
-        self._dims: tuple[int, ...] | None = None if dims is None else tuple(int(d) for d in dims)
+        self._dims: tuple[int, ...] | None = _checked_dims(dims)
         self._exclude_nonfinite = bool(exclude_nonfinite)
         self._ndim: int | None = None
         self._state: dict[str, torch.Tensor] | None = None
@@ -255,6 +254,23 @@ class Moments:
                 f"Moments(dims={self._dims}).{where}: input is on {device} but the statistics "
                 f"live on {have.device}; move the input with .to({str(have.device)!r})"
             )
+
+
+def _checked_dims(dims: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``dims`` as a tuple of ints (None stays None); a clear error for anything else."""
+    if dims is None:
+        return None
+    try:
+        if not isinstance(dims, Iterable):
+            return (operator.index(dims),)
+        if not isinstance(dims, str):
+            return tuple(operator.index(d) for d in dims)
+    except TypeError:
+        pass
+    raise TypeError(
+        f"Moments: dims={dims!r}; expected the reduced dimensions as an int, a sequence of "
+        "ints, or None for all, e.g. dims=(0, 2, 3) for per-channel statistics of (N, C, H, W)"
+    )
 
 
 def _empty_state(shape: torch.Size, device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,0 +1,84 @@
+"""What the monitor measures, how often, and the named thresholds of its diagnoses.
+
+Every schedule is "measure at optimiser steps where ``step % every == 0``"; ``every=0``
+switches a probe off. The defaults keep the overhead within 3% of a plain training step
+(see benchmarks/monitor_overhead.py); ``MonitorConfig.everything()`` measures all of it on
+every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Named thresholds of the diagnoses (docs/monitor.md has the table of codes)."""
+
+    vanishing_grad_ratio: float = 1e-4  # weight grad norm / largest weight grad norm
+    exploding_grad_norm: float = 1e3  # total L2 gradient norm
+    saturated_fraction: float = 0.2  # fraction of tanh-like outputs with |y| > saturation_level
+    saturation_level: float = 0.97  # makemore's threshold on |tanh|
+    dead_fraction: float = 0.25  # fraction of ReLU units zero for the whole batch
+    dead_min_values: int = 16  # values per unit in the step before dead units are judged
+    depth_std_ratio: float = 10.0  # std(last hidden) / std(first) above this or below 1/this
+    update_to_data_log10_low: float = -5.0  # log10 std(update)/std(weight), about -3 is healthy
+    update_to_data_log10_high: float = -1.0
+    loss_spike_sigmas: float = 6.0  # (loss - EWM mean) / EWM std
+    loss_divergence_ratio: float = 2.0  # EWM mean / best EWM mean
+    loss_warmup_steps: int = 20  # steps before spike/divergence checks start
+    bn_min_values_per_channel: int = 8  # fewer values per channel -> BN_FEW_VALUES
+    bn_momentum_max: float = 0.5  # above -> BN_HIGH_MOMENTUM (Keras convention)
+    bn_mean_drift: float = 2.0  # mean over channels |mu_B - mu_run| / sqrt(var_run + eps)
+    bn_var_log_ratio: float = 1.5  # |mean over channels log(var_B / var_run)|
+    bn_warmup_steps: int = 50  # optimiser steps before drift is judged (running stats settle)
+    bn_buffer_divergence: float = 0.5  # vs.nn.check_buffer_divergence spread across ranks
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Schedules (every N optimiser steps; 0 = off) and options of ``vs.Monitor``."""
+
+    flush_every: int = 100  # steps between device->host copies (and store writes)
+    nonfinite_every: int = 1  # per-layer NaN/Inf sentinel (one sum per layer output)
+    grad_norm_every: int = 10  # per-parameter gradient L2 norms (one fused _foreach_norm)
+    activations_every: int = 50  # mean/std/min/max/non-finite/saturated/dead per layer
+    output_grads_every: int = 50  # std of the gradient w.r.t. each layer's output
+    parameters_every: int = 50  # grad std, max |g|, weight std, grad:data
+    updates_every: int = 50  # update:data (needs a copy of the weights before the step)
+    optimizer_moments_every: int = 50  # Adam-family exp_avg/exp_avg_sq statistics
+    norm_layers_every: int = 50  # batch vs running statistics of BatchNorm layers
+    histograms_every: int = 250  # fixed-bin histograms of activations and gradients
+    histogram_bins: int = 64
+    activation_histogram_range: tuple[float, float] = (-5.0, 5.0)  # values outside -> end bins
+    gradient_histogram_log10_range: tuple[float, float] = (-12.0, 2.0)  # of |g|, zeros -> bin 0
+    histogram_max_values: int | None = 8192  # strided sample per tensor; None = all values
+    loss_ewm_beta: float = 0.98
+    history_steps: int = 1000  # flushed StepMetrics kept in Monitor.history
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_every") and (not isinstance(value, int) or value < 0):
+                raise ValueError(
+                    f"MonitorConfig.{f.name}: expected an int >= 0 (0 = off), got {value!r}"
+                )
+        if self.flush_every < 1:
+            raise ValueError(f"MonitorConfig.flush_every: expected >= 1, got {self.flush_every}")
+        if not 0.0 < self.loss_ewm_beta < 1.0:
+            raise ValueError(
+                f"MonitorConfig.loss_ewm_beta: expected 0 < beta < 1, got {self.loss_ewm_beta}"
+            )
+
+    @classmethod
+    def everything(cls, **overrides: object) -> MonitorConfig:
+        """Every probe on every step (histograms included)."""
+        every = {f.name: 1 for f in fields(cls) if f.name.endswith("_every")}
+        every.pop("flush_every")
+        return replace(cls(), **{**every, **overrides})  # type: ignore[arg-type]
+
+
+def due(every: int, step: int) -> bool:
+    """True when a probe scheduled ``every`` steps runs at ``step`` (0 = off)."""
+    return every > 0 and step % every == 0

@@ -1,0 +1,106 @@
+"""Findings: what the monitor concluded, as plain frozen records with stable codes.
+
+A finding is data, not a log line: ``Finding(code, severity, layer, step, message, fix)``.
+``CODES`` is the single source of truth for the codes (docs/monitor.md mirrors it); a code
+never changes meaning once released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "error"]
+
+CODES: dict[str, tuple[Severity, str]] = {
+    # code: (severity, one-line meaning)
+    "GRAD_VANISHING": ("warning", "a weight's gradient norm is tiny next to the largest layer's"),
+    "GRAD_EXPLODING": ("error", "the total gradient norm exceeds the threshold"),
+    "ACT_SATURATED": ("warning", "many tanh/sigmoid outputs sit in the flat tails"),
+    "DEAD_RELU": ("warning", "many ReLU units output zero for the whole batch"),
+    "ACT_STD_DEPTH": ("warning", "activation std grows or shrinks with depth (initialisation)"),
+    "UPDATE_RATIO_LOW": ("warning", "std(update)/std(weight) far below about 1e-3"),
+    "UPDATE_RATIO_HIGH": ("warning", "std(update)/std(weight) far above about 1e-3"),
+    "NONFINITE_INPUT": ("error", "the model input contained NaN/Inf"),
+    "NONFINITE_FORWARD": ("error", "a layer produced the first NaN/Inf in the forward pass"),
+    "NONFINITE_GRAD": ("error", "a gradient became NaN/Inf while the forward pass was finite"),
+    "NONFINITE_LOSS": ("error", "the loss became NaN/Inf"),
+    "LOSS_DIVERGENCE": ("error", "the smoothed loss rose far above its best value"),
+    "LOSS_SPIKE": ("warning", "one loss value jumped many standard deviations above its EWM mean"),
+    "BN_TRAIN_IN_EVAL": ("error", "a BatchNorm ran in training mode during evaluation/no_grad"),
+    "BN_FEW_VALUES": ("warning", "a BatchNorm normalised with batch statistics from few values"),
+    "BIAS_BEFORE_NORM": ("info", "a layer's bias feeds a BatchNorm that cancels it"),
+    "BN_TRACK_RUNNING_STATS_FLIPPED": (
+        "warning",
+        "track_running_stats was changed after construction",
+    ),
+    "BN_BATCH_STATS_AT_INFERENCE": ("warning", "a BatchNorm in eval mode uses batch statistics"),
+    "BN_HIGH_MOMENTUM": ("warning", "BatchNorm momentum above 0.5 (Keras convention by mistake?)"),
+    "BN_DRIFT": ("warning", "batch statistics drift far from the running statistics"),
+    "BN_RUNNING_NONFINITE": ("error", "running_mean/running_var contain NaN/Inf"),
+    "BN_FROZEN_BUT_UPDATING": ("warning", "frozen BatchNorm parameters, updating running stats"),
+    "BN_BUFFER_DIVERGENCE": ("error", "BatchNorm buffers differ across distributed ranks"),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: ``code`` (see ``CODES``), ``severity``, the ``layer`` (module or
+    parameter name, "" for the whole run), the first optimiser ``step`` it was seen at (``None``
+    for static checks), a ``message`` saying what was measured and a ``fix``."""
+
+    code: str
+    severity: Severity
+    layer: str
+    step: int | None
+    message: str
+    fix: str
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:
+            raise ValueError(
+                f"Finding: unknown code {self.code!r}; expected one of vitalstats.monitor.CODES "
+                f"({', '.join(sorted(CODES))})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the six fields (what ``RunStore.add_findings`` accepts)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f" {self.layer}" if self.layer else ""
+        when = f" at step {self.step}" if self.step is not None else ""
+        return f"[{self.severity}] {self.code}{where}{when}: {self.message} Fix: {self.fix}"
+
+
+def make_finding(code: str, layer: str, step: int | None, message: str, fix: str) -> Finding:
+    """A ``Finding`` whose severity comes from ``CODES``."""
+    return Finding(code, CODES[code][0], layer, step, message, fix)
+
+
+class FindingLog:
+    """Findings kept once per ``(code, layer)``: the first occurrence wins."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], Finding] = {}
+        self._unsaved: list[Finding] = []
+
+    def add(self, finding: Finding) -> bool:
+        key = (finding.code, finding.layer)
+        if key in self._by_key:
+            return False
+        self._by_key[key] = finding
+        self._unsaved.append(finding)
+        return True
+
+    def has(self, code: str, layer: str | None = None) -> bool:
+        if layer is not None:
+            return (code, layer) in self._by_key
+        return any(c == code for c, _ in self._by_key)
+
+    def all(self) -> list[Finding]:
+        return list(self._by_key.values())
+
+    def take_unsaved(self) -> list[Finding]:
+        out, self._unsaved = self._unsaved, []
+        return out

@@ -1,0 +1,115 @@
+"""Writing a monitor's flushed windows into a ``vs.RunStore`` (rank 0 only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vitalstats.monitor.findings import Finding
+from vitalstats.monitor.metrics import StepMetrics
+from vitalstats.monitor.probes import histogram_edges
+
+if TYPE_CHECKING:
+    from vitalstats.monitor.monitor import Monitor
+
+
+def _json_able(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()  # once, at run start
+    if isinstance(value, (tuple, list)):
+        return [_json_able(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_able(v) for k, v in value.items()}
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def run_metadata(monitor: Monitor) -> dict[str, Any]:
+    """Model summary, optimiser hyper-parameters, monitor config, torch version, hostname."""
+    model = monitor.inner
+    out: dict[str, Any] = {
+        "model": {
+            "class": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "layers_watched": len(monitor.layers),
+            "compiled": monitor.compiled,
+        },
+        "monitor": _json_able(dataclasses.asdict(monitor.config)),
+        "torch_version": torch.__version__,
+        "hostname": socket.gethostname(),
+    }
+    if monitor.optimizer is not None:
+        groups = [
+            {k: _json_able(v) for k, v in group.items() if k != "params"}
+            for group in monitor.optimizer.param_groups
+        ]
+        out["optimizer"] = {"class": type(monitor.optimizer).__name__, "param_groups": groups}
+    return out
+
+
+class StoreWriter:
+    """One run in one store: layers at start, scalars/histograms/findings per flush."""
+
+    def __init__(self, store: Any, owned: bool, run_id: int, monitor: Monitor) -> None:
+        self.store, self.owned, self.run_id = store, owned, run_id
+        self.path = Path(store.path)
+        config = monitor.config
+        self.edges = {
+            "act_hist": histogram_edges(
+                config.histogram_bins, config.activation_histogram_range
+            ).numpy(),
+            "grad_hist": histogram_edges(
+                config.histogram_bins, config.gradient_histogram_log10_range
+            ).numpy(),
+        }
+
+    @classmethod
+    def open(
+        cls, store: Any, run_name: str | None, run_config: dict[str, Any] | None, monitor: Monitor
+    ) -> StoreWriter | None:
+        """None without a store or on ranks other than 0."""
+        import torch.distributed as dist
+
+        if store is None:
+            return None
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        from vitalstats.store import LayerInfo, RunStore
+
+        owned = isinstance(store, (str, Path))
+        if owned:
+            Path(store).parent.mkdir(parents=True, exist_ok=True)
+            store = RunStore(store)
+        elif not hasattr(store, "add_scalars"):
+            raise TypeError(
+                f"vs.Monitor: store must be a path or a vs.RunStore, got {type(store).__name__}"
+            )
+        config = run_metadata(monitor)
+        if run_config:
+            config["user"] = _json_able(run_config)
+        run_id = store.start_run(name=run_name, config=config)
+        store.add_layers(run_id, [LayerInfo(*info) for info in monitor.layer_infos()])
+        return cls(store, owned, run_id, monitor)
+
+    def write(self, window: list[StepMetrics], findings: list[Finding]) -> None:
+        store, run = self.store, self.run_id
+        for metrics in window:
+            rows = [(layer, metric, value) for (layer, metric), value in metrics.scalars.items()]
+            if rows:
+                store.add_scalars(run, metrics.step, rows)
+            for (layer, metric), counts in metrics.histograms.items():
+                store.add_histogram(run, metrics.step, layer, metric, self.edges[metric], counts)
+        if findings:
+            store.add_findings(run, [f.to_dict() for f in findings])
+        store.flush()
+
+    def close(self, status: str) -> None:
+        self.store.end_run(self.run_id, status=status)
+        if self.owned:
+            self.store.close()
