@@ -145,6 +145,30 @@ def test_activation_std_growing_with_depth():
     assert depth and "grows" in depth[0].message
 
 
+def test_activation_std_growing_per_layer_in_a_shallow_naive_mlp():
+    """The seeds' clinical MLP with N(0, 1) weights: two hidden layers are enough to see it."""
+    model = mlp((30, 64, 32, 2))
+    for module in model:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+    monitor = vs.Monitor(model, optimizer=opt)
+    train(model, opt, monitor, batches(1, features=30, classes=2))
+    depth = [f for f in monitor.diagnose() if f.code == "ACT_STD_DEPTH"]
+    assert depth and "grows" in depth[0].message and "per layer" in depth[0].message
+
+
+def test_activation_std_per_layer_silent_with_kaiming_init():
+    model = mlp((30, 64, 32, 2))
+    for module in model:
+        if isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+    monitor = vs.Monitor(model, optimizer=opt)
+    train(model, opt, monitor, batches(1, features=30, classes=2))
+    assert "ACT_STD_DEPTH" not in {f.code for f in monitor.diagnose()}
+
+
 # ------------------------------------------------------------------------------- updates
 def test_update_ratio_too_low_with_a_tiny_learning_rate():
     model = mlp()

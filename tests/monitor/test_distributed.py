@@ -53,9 +53,11 @@ def merge_worker(rank: int, world_size: int, store_path: str):
     for m in monitor.history:
         if m.step == 0:
             metrics.update(m.scalars)
+    report = monitor.report(store_path + ".html")  # a collective: every rank calls it
     monitor.close()
     return {
         "writes": writes,
+        "report": None if report is None else str(report),
         "metrics": metrics,
         "x0": data[0][0],
         "weight": initial_weight,
@@ -82,6 +84,8 @@ def test_statistics_are_merged_exactly_and_only_rank_zero_writes(ranks):
     path, both = ranks
     results = [r["merge"] for r in both]
     assert [r["writes"] for r in results] == [True, False]
+    assert results[0]["report"] == path + ".html" and results[1]["report"] is None
+    assert "<html" in open(path + ".html").read().lower()
     h = torch.cat([r["x0"] for r in results]).double() @ results[0]["weight"].double().T
     for r in results:  # every rank ends with the pooled statistics
         m = r["metrics"]

@@ -22,6 +22,7 @@ class Thresholds:
     dead_fraction: float = 0.25  # fraction of ReLU units zero for the whole batch
     dead_min_values: int = 16  # values per unit in the step before dead units are judged
     depth_std_ratio: float = 10.0  # std(last hidden) / std(first) above this or below 1/this
+    per_layer_std_ratio: float = 3.0  # geometric mean of that ratio per hidden weighted layer
     update_to_data_log10_low: float = -5.0  # log10 std(update)/std(weight), about -3 is healthy
     update_to_data_log10_high: float = -1.0
     loss_spike_sigmas: float = 6.0  # (loss - EWM mean) / EWM std

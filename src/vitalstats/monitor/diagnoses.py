@@ -254,10 +254,13 @@ class Diagnoser:
             if layer in self.weighted_layers and std is not None and math.isfinite(std):
                 stds.append((layer, std))
         hidden = stds[:-1]  # the output layer's scale is a design choice
-        if len(hidden) >= 3 and hidden[0][1] > 0:
+        if len(hidden) >= 2 and hidden[0][1] > 0:
             ratio = hidden[-1][1] / hidden[0][1]
-            limit = self.t.depth_std_ratio
-            if ratio > limit or ratio < 1 / limit:
+            per_layer = ratio ** (1.0 / (len(hidden) - 1))  # geometric mean per layer
+            limit, per_limit = self.t.depth_std_ratio, self.t.per_layer_std_ratio
+            too_far = len(hidden) >= 3 and (ratio > limit or ratio < 1 / limit)
+            too_steep = per_layer > per_limit or per_layer < 1 / per_limit
+            if too_far or too_steep:
                 trend = "grows" if ratio > 1 else "shrinks"
                 self._add(
                     "ACT_STD_DEPTH",
@@ -265,7 +268,8 @@ class Diagnoser:
                     m.step,
                     f"activation std {trend} with depth: {hidden[0][1]:.3g} after "
                     f"{hidden[0][0]} -> {hidden[-1][1]:.3g} after {hidden[-1][0]} "
-                    f"({ratio:.3g}x over {len(hidden)} layers; threshold {limit:g}x).",
+                    f"({ratio:.3g}x over {len(hidden)} layers, {per_layer:.3g}x per layer; "
+                    f"thresholds {limit:g}x in all, {per_limit:g}x per layer).",
                     "initialise for the nonlinearity (vs.init: Kaiming gain sqrt(2) for "
                     "ReLU, 5/3 for tanh; torch's default Linear init shrinks the std "
                     "about sqrt(3)x per layer) or add normalisation layers.",

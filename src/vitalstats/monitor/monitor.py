@@ -255,8 +255,16 @@ class Monitor(HookMixin):
         self.flush()
         return self.findings.all()
 
-    def report(self, path: str | Path) -> Path:
-        """Write the HTML report of this run (needs a store)."""
+    def report(self, path: str | Path) -> Path | None:
+        """Write the HTML report of this run (needs a store).
+
+        Under torch.distributed this flushes (a collective), so call it on every rank: rank 0
+        writes the report and returns its path, the other ranks return None."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            self.flush()
+            return None
         if self._writer is None or self._writer.store is None:
             raise RuntimeError(
                 "Monitor.report: this monitor has no run store; create it with "
