@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +86,7 @@ def test_statistics_are_merged_exactly_and_only_rank_zero_writes(ranks):
     results = [r["merge"] for r in both]
     assert [r["writes"] for r in results] == [True, False]
     assert results[0]["report"] == path + ".html" and results[1]["report"] is None
-    assert "<html" in open(path + ".html").read().lower()
+    assert "<html" in Path(path + ".html").read_text().lower()
     h = torch.cat([r["x0"] for r in results]).double() @ results[0]["weight"].double().T
     for r in results:  # every rank ends with the pooled statistics
         m = r["metrics"]
