@@ -3,6 +3,8 @@ standardised eval outputs, restored modes, and an exact merge across torch.distr
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -130,3 +132,35 @@ def test_statistics_merge_exactly_across_ranks() -> None:
     for running_mean, running_var in results:
         torch.testing.assert_close(running_mean, model[4].running_mean, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(running_var, model[4].running_var, rtol=1e-6, atol=1e-6)
+
+
+def _sync_worker(rank: int, world_size: int, batches_per_rank: tuple[int, ...]) -> Any:
+    """SyncBatchNorm runs collectives in its training forward: ranks with different numbers
+    of batches must still finish (in lockstep, on the batches every rank has)."""
+    model = vs.nn.convert_sync_batchnorm(_model())
+    data = _data(batches=sum(batches_per_rank))
+    start = sum(batches_per_rank[:rank])
+    shard = data[start : start + batches_per_rank[rank]]
+    try:
+        vs.nn.recompute_bn_stats(model, shard, inputs_from="train")
+    except ValueError as error:
+        return str(error)
+    return model[1].running_mean.clone(), model[1].running_var.clone()
+
+
+@pytest.mark.distributed
+def test_sync_batchnorm_ranks_with_unequal_batch_counts_stay_in_lockstep() -> None:
+    first, second = run_ranks(_sync_worker, world_size=2, args=((2, 3),), timeout=120)
+    data = _data(batches=5)
+    used = torch.cat([data[0], data[1], data[2], data[3]])  # rank 1's third batch is dropped
+    reference = _model()
+    vs.nn.recompute_bn_stats(reference, [used], inputs_from="train")
+    for running_mean, running_var in (first, second):
+        torch.testing.assert_close(running_mean, reference[1].running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(running_var, reference[1].running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_a_rank_without_data_is_the_same_error_on_every_rank() -> None:
+    results = run_ranks(_sync_worker, world_size=2, args=((2, 0),), timeout=120)
+    assert all("no batches on at least one rank" in message for message in results)

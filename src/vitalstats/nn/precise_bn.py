@@ -21,7 +21,7 @@ data the eval-mode layer output has per-channel mean 0 and variance var / (var +
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -53,8 +53,12 @@ def _collect(
     data: Iterable[Any],
     num_batches: int,
     forward: Callable[[torch.nn.Module, Any], Any],
+    lockstep: bool = False,
+    group: Any = None,
 ) -> tuple[list[Any], int]:
-    """One pass over ``data``: Moments of each layer's input; returns (moments, batches run)."""
+    """One pass over ``data``: Moments of each layer's input; returns (moments, batches run).
+
+    ``lockstep``: the ranks of ``group`` must run the same number of batches."""
     from vitalstats.stats import Moments
 
     moments = [None] * len(layers)
@@ -70,15 +74,81 @@ def _collect(
 
     handles = [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
     batches = 0
+    source = itertools.islice(data, num_batches)
+    if lockstep:
+        source = _in_lockstep(source, group)
     try:
         with torch.no_grad():
-            for batch in itertools.islice(data, num_batches):
+            for batch in source:
                 forward(model, batch)
                 batches += 1
     finally:
         for handle in handles:
             handle.remove()
     return moments, batches
+
+
+def _distributed_group_size(group: Any) -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def _flag_device(group: Any) -> torch.device:
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _in_lockstep(batches: Iterable[Any], group: Any) -> Iterator[Any]:
+    """Yield batches while every rank still has one (an all-reduce MIN of a flag per batch).
+
+    Needed when the forward itself runs collectives (SyncBatchNorm in training mode): a rank
+    with more batches than the others would otherwise wait forever in its next collective.
+    One tiny collective and host read per batch; this is not a training hot path."""
+    import torch.distributed as dist
+
+    iterator = iter(batches)
+    device = _flag_device(group)
+    while True:
+        batch = next(iterator, _EXHAUSTED)
+        flag = torch.tensor([0 if batch is _EXHAUSTED else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        if int(flag.item()) == 0:
+            return
+        yield batch
+
+
+_EXHAUSTED = object()
+
+
+def _agree_across_ranks(
+    layers: list[torch.nn.Module], moments: list[Any], batches: int, group: Any
+) -> None:
+    """Raise the same error on every rank when some rank saw no batch or never called a layer
+    (raising on one rank alone would leave the others waiting in the merge's collective)."""
+    import torch.distributed as dist
+
+    seen = [batches > 0] + [m is not None for m in moments]
+    flags = torch.tensor(seen, dtype=torch.int32, device=_flag_device(group))
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=group)
+    everywhere = flags.tolist()
+    if not everywhere[0]:
+        raise ValueError(
+            "recompute_bn_stats: data yielded no batches on at least one rank. Fix: give every "
+            "rank a non-empty shard of the data."
+        )
+    for layer, ok in zip(layers, everywhere[1:], strict=True):
+        if not ok:
+            raise RuntimeError(
+                f"recompute_bn_stats: {type(layer).__name__}({layer.num_features}) was never "
+                "called on at least one rank. Fix: pass data that reaches every BatchNorm on "
+                "every rank, or a forward function that calls the model the way training does."
+            )
 
 
 def _assign(layer: torch.nn.Module, moments: Any, group: Any) -> None:
@@ -133,9 +203,16 @@ def recompute_bn_stats(
     counts = [layer.num_batches_tracked.clone() for layer in layers
               if layer.num_batches_tracked is not None]  # fmt: skip
     try:
+        distributed = _distributed_group_size(group) > 1
         if inputs_from == "train":
             model.train()
-            moments, batches = _collect(model, layers, data, num_batches, forward)
+            # SyncBatchNorm runs collectives inside its training forward: keep ranks in step.
+            syncs = distributed and any(_runs_collectives(layer) for layer in layers)
+            moments, batches = _collect(
+                model, layers, data, num_batches, forward, lockstep=syncs, group=group
+            )
+            if distributed:
+                _agree_across_ranks(layers, moments, batches, group)
             _require_batches(batches)
             for layer, layer_moments in zip(layers, moments, strict=True):
                 _assign(layer, layer_moments, group)
@@ -143,6 +220,8 @@ def recompute_bn_stats(
             model.eval()
             for layer in _call_order(model, layers, data, forward):
                 (layer_moments,), batches = _collect(model, [layer], data, num_batches, forward)
+                if distributed:
+                    _agree_across_ranks([layer], [layer_moments], batches, group)
                 _require_batches(batches)
                 _assign(layer, layer_moments, group)
     finally:
@@ -151,6 +230,12 @@ def recompute_bn_stats(
         tracked = [layer for layer in layers if layer.num_batches_tracked is not None]
         for layer, count in zip(tracked, counts, strict=True):
             layer.num_batches_tracked.copy_(count)
+
+
+def _runs_collectives(layer: torch.nn.Module) -> bool:
+    from vitalstats.nn.sync_batchnorm import SyncBatchNorm
+
+    return isinstance(layer, torch.nn.SyncBatchNorm | SyncBatchNorm)
 
 
 def _require_batches(batches: int) -> None:
