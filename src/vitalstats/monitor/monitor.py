@@ -47,6 +47,7 @@ from vitalstats.monitor.selection import (
     unwrap,
 )
 from vitalstats.monitor.store_writer import StoreWriter
+from vitalstats.monitor.tensorboard_sink import TensorBoardSink
 
 
 class EvaluationPhase:
@@ -69,7 +70,8 @@ class Monitor(HookMixin):
     ``include``/``exclude``: glob patterns on qualified module names (``"encoder.*"``) for the
     layers and their parameters; ``types``: only these module classes; ``config``: schedules
     and thresholds (``MonitorConfig``); ``store``: a path or ``vs.RunStore`` (rank 0 writes);
-    ``run_name``/``run_config``: recorded with the run. Works on DDP-wrapped models; a model
+    ``run_name``/``run_config``: recorded with the run; ``tensorboard``: a directory that
+    also receives every flushed window as TensorBoard scalars and histograms. Works on DDP-wrapped models; a model
     already compiled with ``torch.compile`` gets one warning (attach before compiling).
     """
 
@@ -85,6 +87,7 @@ class Monitor(HookMixin):
         types: Sequence[type[nn.Module]] | None = None,
         run_name: str | None = None,
         run_config: dict[str, Any] | None = None,
+        tensorboard: str | Path | None = None,
         _lint: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -125,6 +128,7 @@ class Monitor(HookMixin):
         self._last_time: float | None = None
         self._handles: list[Any] = []
         self._writer = None if _lint else StoreWriter.open(store, run_name, run_config, self)
+        self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
         if not _lint:
             for finding in linting.static_findings(self.inner):
                 self.findings.add(finding)
@@ -222,6 +226,8 @@ class Monitor(HookMixin):
         self.history.extend(window)
         if self._writer is not None:
             self._writer.write(window, self.findings.take_unsaved())
+        if self._tensorboard is not None:
+            self._tensorboard.write(window)
         return window
 
     def _check_buffer_divergence(self) -> None:
@@ -285,6 +291,9 @@ class Monitor(HookMixin):
                 self._writer.close(status)
                 self._writer = None
         finally:
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+                self._tensorboard = None
             self.detach()
 
     def __enter__(self) -> Monitor:

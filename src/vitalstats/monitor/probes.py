@@ -8,6 +8,7 @@ hooks decide *when* they run; ``metrics`` turns the flushed sums into named metr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,3 +130,16 @@ def gradient_histogram(
 def histogram_edges(bins: int, value_range: tuple[float, float]) -> torch.Tensor:
     """The ``bins + 1`` fixed edges (float64) of a histogram over ``value_range``."""
     return torch.linspace(value_range[0], value_range[1], bins + 1, dtype=torch.float64)
+
+
+def metric_histogram_edges(config: Any) -> dict[str, Any]:
+    """numpy edges of the monitor's two histogram metrics: ``act_hist`` over activation
+    values, ``grad_hist`` over log10 |gradient|."""
+    return {
+        "act_hist": histogram_edges(
+            config.histogram_bins, config.activation_histogram_range
+        ).numpy(),
+        "grad_hist": histogram_edges(
+            config.histogram_bins, config.gradient_histogram_log10_range
+        ).numpy(),
+    }

@@ -11,7 +11,7 @@ import torch
 
 from vitalstats.monitor.findings import Finding
 from vitalstats.monitor.metrics import StepMetrics
-from vitalstats.monitor.probes import histogram_edges
+from vitalstats.monitor.probes import metric_histogram_edges
 
 if TYPE_CHECKING:
     from vitalstats.monitor.monitor import Monitor
@@ -59,15 +59,7 @@ class StoreWriter:
     def __init__(self, store: Any, owned: bool, run_id: int, monitor: Monitor) -> None:
         self.store, self.owned, self.run_id = store, owned, run_id
         self.path = Path(store.path)
-        config = monitor.config
-        self.edges = {
-            "act_hist": histogram_edges(
-                config.histogram_bins, config.activation_histogram_range
-            ).numpy(),
-            "grad_hist": histogram_edges(
-                config.histogram_bins, config.gradient_histogram_log10_range
-            ).numpy(),
-        }
+        self.edges = metric_histogram_edges(monitor.config)
 
     @classmethod
     def open(
