@@ -439,3 +439,25 @@ def test_attaching_before_torch_compile_keeps_the_layer_statistics():
     monitor.flush()
     assert _step_metrics(monitor, 0)[("0", "act_std")] == pytest.approx(expected, rel=1e-5)
     monitor.close()
+
+
+def test_gradients_of_a_closure_step_are_this_steps_gradients():
+    """optimizer.step(closure) (LBFGS, Lightning) computes the gradients inside step()."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = vs.Monitor(model, optimizer=opt, config=everything(flush_every=100))
+    expected = []
+    for x, y in batches(3):
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            expected.append(model[0].weight.grad.double().norm().item())
+            return loss
+
+        loss = opt.step(closure)
+        monitor.step(loss=loss)
+    recorded = [m.scalars[("0.weight", "grad_norm")] for m in monitor.flush()]
+    np.testing.assert_allclose(recorded, expected, rtol=1e-6)
+    monitor.close()

@@ -184,24 +184,36 @@ class HookMixin:
         return hook
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # optimizer.step(closure) (LBFGS, Lightning's automatic optimisation) runs forward and
+        # backward inside step(): this step's gradients exist only after it, so read them then.
+        closure = args[0] if args else (kwargs or {}).get("closure")
+        has_closure = closure is not None
+        self._gradients_after_step = has_closure
         if not self._evaluating:
-            self._measure_parameters_before()
+            self._measure_parameters_before(gradients=not has_closure)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         d = self._due
+        if self._gradients_after_step and not self._evaluating:
+            self._measure_gradients()
         if d.updates:
             self.parameters.updates(self._acc)
         if d.optimizer_moments:
             self.parameters.optimizer_moments(optimizer, self._acc)
 
-    def _measure_parameters_before(self, snapshot: bool = True) -> None:
+    def _measure_parameters_before(self, snapshot: bool = True, gradients: bool = True) -> None:
         d, probe, acc = self._due, self.parameters, self._acc
-        if d.grad_norm or d.parameters:
-            probe.gradients(acc, full=d.parameters)
         if d.parameters or d.updates:
             probe.weights(acc)
         if d.updates and snapshot:
             probe.snapshot()
+        if gradients:
+            self._measure_gradients()
+
+    def _measure_gradients(self) -> None:
+        d, probe, acc = self._due, self.parameters, self._acc
+        if d.grad_norm or d.parameters:
+            probe.gradients(acc, full=d.parameters)
         if d.histograms:
             with torch.no_grad():
                 for name, p in probe.named:

@@ -127,6 +127,7 @@ class Monitor(HookMixin):
         self._seen_layers: set[str] = set()
         self._last_time: float | None = None
         self._handles: list[Any] = []
+        self._gradients_after_step = False  # optimizer.step(closure): read grads after it
         self._writer = None if _lint else StoreWriter.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
         if not _lint:
