@@ -204,3 +204,48 @@ def test_backward_saves_only_input_weight_and_per_channel_statistics() -> None:
 def test_bad_input_is_a_value_error_with_expected_and_got(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+CHUNKED_CASES = {
+    "batch_norm 2d": (
+        lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+        lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+        (9, 4, 5, 6), 4, False,
+    ),
+    "batch_norm 2d channels_last": (
+        lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+        lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+        (9, 4, 5, 6), 4, True,
+    ),
+    "layer_norm": (
+        lambda x, w, b: F.layer_norm(x, (40,), w, b),
+        lambda x, w, b: TF.layer_norm(x, (40,), w, b),
+        (7, 9, 40), 40, False,
+    ),
+    "group_norm": (
+        lambda x, w, b: F.group_norm(x, 2, w, b),
+        lambda x, w, b: TF.group_norm(x, 2, w, b),
+        (9, 4, 30), 4, False,
+    ),
+    "instance_norm": (
+        lambda x, w, b: F.instance_norm(x, weight=w, bias=b),
+        lambda x, w, b: TF.instance_norm(x, weight=w, bias=b),
+        (9, 4, 30), 4, False,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CHUNKED_CASES))
+def test_chunked_passes_match_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large inputs are processed in slices of dim 0: force tiny slices on small inputs."""
+    from vitalstats.nn import _passes
+
+    monkeypatch.setattr(_passes, "_CHUNK_BYTES", 512)
+    ours, theirs, shape, channels, channels_last = CHUNKED_CASES[name]
+    x = _randn(*shape, offset=3.0)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    w, b = _params(channels)
+    _assert_matches_torch(ours, theirs, (x, w, b))
+    if channels_last:
+        assert ours(x, w, b).is_contiguous(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ Each is a ``torch.autograd.Function`` with a closed-form backward (see ``_autogr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -74,16 +75,31 @@ def batch_norm_statistics(
     values of channel c; y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c.
     The statistics are float32 for half/bfloat16 input, detached, and never synced to the host.
     """
-    dims = (0, *range(2, input.dim()))
-    y, mean, var = CenteredNormFunction.apply(
-        input,
-        _channel_view(weight, input.dim()),
-        _channel_view(bias, input.dim()),
-        dims,
-        dims,
-        eps,
-        True,
-    )
+    num_channels = input.shape[1]
+    if input.dim() == 2:  # (N, C): stats per column
+        y, mean, var = CenteredNormFunction.apply(
+            input, _channel_view(weight, 2), _channel_view(bias, 2), (0,), (0,), eps
+        )
+        return y, mean.reshape(-1), var.reshape(-1)
+    channels_last = input.movedim(1, -1)  # (N, *spatial, C)
+    if channels_last.is_contiguous() and not input.is_contiguous():
+        rows = channels_last.reshape(-1, num_channels)  # (N * spatial, C), a view: stats per column
+        y, mean, var = CenteredNormFunction.apply(
+            rows, _channel_view(weight, 2), _channel_view(bias, 2), (0,), (0,), eps
+        )
+        y = y.reshape(channels_last.shape).movedim(-1, 1)
+    elif input.is_contiguous():  # (N, C, S), a view: stats over N and the rows of S
+        flat = input.reshape(input.shape[0], num_channels, -1)
+        y, mean, var = CenteredNormFunction.apply(
+            flat, _channel_view(weight, 3), _channel_view(bias, 3), (0, 2), (0, 2), eps
+        )
+        y = y.reshape(input.shape)
+    else:  # other strides: reduce over the original dims
+        dims = (0, *range(2, input.dim()))
+        ndim = input.dim()
+        y, mean, var = CenteredNormFunction.apply(
+            input, _channel_view(weight, ndim), _channel_view(bias, ndim), dims, dims, eps
+        )
     return y, mean.reshape(-1), var.reshape(-1)
 
 
@@ -229,13 +245,13 @@ def instance_norm(
             f"shape {describe_shape(input)}. Fix: InstanceNorm needs a spatial extent; use "
             "BatchNorm or LayerNorm for (N, C, 1) inputs."
         )
-    ndim = input.dim()
-    dims = tuple(range(2, ndim))
+    n, c = input.shape[:2]
+    flat = input.reshape(n, c, spatial)  # (N, C, S): statistics per row
     y, mean, var = CenteredNormFunction.apply(
-        input, _channel_view(weight, ndim), _channel_view(bias, ndim), dims, (0, *dims), eps, True
+        flat, _channel_view(weight, 3), _channel_view(bias, 3), (2,), (0, 2), eps
     )
+    y = y.reshape(input.shape)
     if running_mean is not None or running_var is not None:  # torch: batch-average of instances
-        n, c = input.shape[:2]
         instance_mean, instance_var = mean.reshape(n, c).mean(0), var.reshape(n, c).mean(0)
         update_running_stats(
             running_mean, running_var, instance_mean, instance_var, spatial, momentum
@@ -268,8 +284,13 @@ def layer_norm(
     shape = tuple(input.shape[dims[0] :])
     check_param_shape(weight, shape, "weight", "layer_norm", input)
     check_param_shape(bias, shape, "bias", "layer_norm", input)
+    if input.is_contiguous():  # (rows, *normalized_shape), a view: rows chunk cleanly
+        rows = input.reshape(-1, *shape) if dims[0] > 0 else input.unsqueeze(0)
+        flat_dims = tuple(range(1, rows.dim()))
+        y, _, _ = CenteredNormFunction.apply(rows, weight, bias, flat_dims, (0,), eps)
+        return y.reshape(input.shape)
     batch_dims = tuple(range(dims[0]))
-    y, _, _ = CenteredNormFunction.apply(input, weight, bias, dims, batch_dims, eps, False)
+    y, _, _ = CenteredNormFunction.apply(input, weight, bias, dims, batch_dims, eps)
     return y
 
 
@@ -293,16 +314,14 @@ def group_norm(
         )
     check_param_shape(weight, (c,), "weight", "group_norm", input)
     check_param_shape(bias, (c,), "bias", "group_norm", input)
-    spatial = tuple(input.shape[2:])
-    grouped = input.reshape(n, num_groups, c // num_groups, *spatial)  # (N, G, C/G, *)
+    spatial = math.prod(input.shape[2:])
+    grouped = input.reshape(n, num_groups, c // num_groups, spatial)  # (N, G, C/G, S)
 
     def param_view(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.reshape(num_groups, c // num_groups, *(1,) * len(spatial))
+        return None if t is None else t.reshape(num_groups, c // num_groups, 1)
 
-    stat_dims = tuple(range(2, grouped.dim()))
-    param_dims = (0, *range(3, grouped.dim()))
     y, _, _ = CenteredNormFunction.apply(
-        grouped, param_view(weight), param_view(bias), stat_dims, param_dims, eps, False
+        grouped, param_view(weight), param_view(bias), (2, 3), (0, 3), eps
     )
     return y.reshape(input.shape)
 
