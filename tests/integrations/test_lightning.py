@@ -55,3 +55,35 @@ def test_one_monitor_step_per_optimizer_step_with_accumulation(tmp_path):
     np.testing.assert_array_equal(steps, np.arange(trainer.global_step))
     expected = np.array(module.raw_losses).reshape(-1, 2).mean(axis=1)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+class GradientRecordingModule(TinyModule):
+    def __init__(self):
+        super().__init__()
+        self.grad_norms: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer):
+        # the oracle: the gradient the optimiser is about to apply at this step
+        self.grad_norms.append(self.net[0].weight.grad.double().norm().item())
+
+
+def test_gradient_statistics_belong_to_the_step_that_applies_them(tmp_path):
+    """Lightning runs forward/backward inside optimizer.step(closure): the monitor must read
+    that step's gradients, not the previous step's."""
+    from vitalstats.monitor import MonitorConfig
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
+    store = tmp_path / "grads.sqlite"
+    callback = VitalstatsCallback(store=store, run_name="grads", config=MonitorConfig.everything())
+    trainer = lightning.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[callback],
+    )  # fmt: skip
+    module = GradientRecordingModule()
+    trainer.fit(module, DataLoader(data, batch_size=5))
+    with RunStore(store, readonly=True) as reader:
+        steps, norms = reader.series("grads", "net.0.weight", "grad_norm")
+    np.testing.assert_array_equal(steps, np.arange(len(module.grad_norms)))
+    np.testing.assert_allclose(norms, module.grad_norms, rtol=1e-6)
