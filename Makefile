@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip
 STAMP   = $(VENV)/.installed
+DEMO    = $(VENV)/.installed-demo
 
 .PHONY: install demo test lint bench clean
 
@@ -13,11 +14,17 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev,data]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO)
+
+# the demo needs only the library and scikit-learn's bundled data sets
+$(DEMO): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[data]'
+	touch $(DEMO)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO)
 	$(BIN)/vitalstats doctor
 
 test: $(STAMP)
