@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitalstats.monitor.recorder import StepAccumulator
+from vitalstats.monitor.recorder import StepAccumulator, value_range
 
 
 class ParameterProbe:
@@ -44,7 +44,7 @@ class ParameterProbe:
             acc.add(name, "grad_norm", norm, "same")
         if full:
             for name, g in zip(names, grads):
-                low, high = torch.aminmax(g)
+                low, high = value_range(g)
                 acc.add(name, "grad_sum", g.sum(dtype=torch.float32), "same")
                 acc.add(name, "grad_max_abs", torch.maximum(-low, high), "same")
 
