@@ -105,7 +105,7 @@ def test_adam_moment_statistics_match_optimizer_state():
         t = float(state["step"])
         m = state["exp_avg"].double() / (1 - 0.8**t)
         v = state["exp_avg_sq"].double() / (1 - 0.9**t)
-        step = m / (v.sqrt() + 1e-6)
+        step = 1e-2 * m / (v.sqrt() + 1e-6)  # lr * m_hat / (sqrt(v_hat) + eps)
         assert metrics[(name, "adam_m_hat_abs_mean")] == pytest.approx(
             m.abs().mean().item(), rel=1e-5
         )
@@ -460,4 +460,24 @@ def test_gradients_of_a_closure_step_are_this_steps_gradients():
         monitor.step(loss=loss)
     recorded = [m.scalars[("0.weight", "grad_norm")] for m in monitor.flush()]
     np.testing.assert_allclose(recorded, expected, rtol=1e-6)
+    monitor.close()
+
+
+def test_adam_moment_statistics_agree_with_vs_optim_moment_stats_under_amsgrad():
+    """One metric name, one definition: the monitor's scratch-buffer path and
+    vs.optim.moment_stats give the same figures (AMSGrad uses max_exp_avg_sq)."""
+    model = mlp((8, 16, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, amsgrad=True, weight_decay=0.0)
+    monitor = vs.Monitor(model, optimizer=opt, config=everything())
+    train(model, opt, monitor, batches(4))
+    monitor.flush()
+    metrics = _step_metrics(monitor, 3)
+    stats = vs.optim.moment_stats(opt, model.named_parameters())
+    for i, name in enumerate(stats.names):
+        for metric, column in (
+            ("adam_m_hat_abs_mean", stats.m_hat_abs_mean),
+            ("adam_sqrt_v_hat_mean", stats.sqrt_v_hat_mean),
+            ("adam_step_rms", stats.step_rms),
+        ):
+            assert metrics[(name, metric)] == pytest.approx(column[i].item(), rel=1e-5)
     monitor.close()

@@ -103,9 +103,10 @@ class ParameterProbe:
 
             adam_m_hat_abs_mean  = mean |m| / c1
             adam_sqrt_v_hat_mean = mean sqrt(v) / sqrt(c2)
-            adam_step_rms        = rms( (m / c1) / (sqrt(v) / sqrt(c2) + eps) )   (step / lr)
+            adam_step_rms        = rms( lr * (m / c1) / (sqrt(v) / sqrt(c2) + eps) )
 
-        (AMSGrad's max_exp_avg_sq is not used: the figures describe the moments themselves.)
+        the definitions of ``vs.optim.moment_stats`` (parameter units; ``v`` is AMSGrad's
+        ``max_exp_avg_sq`` when the group has ``amsgrad``), computed here in scratch buffers.
         """
         index = {id(p): i for i, (_, p) in enumerate(self.named)}
         scratch = self._workspace("optimizer")
@@ -114,12 +115,15 @@ class ParameterProbe:
             if not isinstance(betas, (tuple, list)) or eps is None:
                 continue
             beta1, beta2 = float(betas[0]), float(betas[1])
+            lr, amsgrad = group.get("lr", 1.0), bool(group.get("amsgrad", False))
             for p in group["params"]:
                 state = optimizer.state.get(p)
                 i = index.get(id(p))
                 if i is None or not state or not p.numel():
                     continue
                 m, v, step = state.get("exp_avg"), state.get("exp_avg_sq"), state.get("step")
+                if amsgrad and state.get("max_exp_avg_sq") is not None:
+                    v = state["max_exp_avg_sq"]
                 if m is None or v is None or step is None or m.shape != p.shape:
                     continue
                 if isinstance(step, torch.Tensor) and step.device.type == "cpu":
@@ -139,4 +143,5 @@ class ParameterProbe:
                 rms = torch.linalg.vector_norm(work, dtype=torch.float32) * (
                     sqrt_c2 / (n**0.5 * c1)
                 )
+                rms = rms * (lr.to(rms.device) if isinstance(lr, torch.Tensor) else lr)
                 acc.add(name, "adam_step_rms", rms, "same")

@@ -273,7 +273,7 @@ def adam_section(runs: Sequence[RunData]) -> Section:
     body = ""
     for metric, ylabel in (("adam_m_hat_abs_mean", "mean |m̂| (bias-corrected 1st moment)"),
                            ("adam_sqrt_v_hat_mean", "mean sqrt(v̂) (bias-corrected 2nd moment)"),
-                           ("adam_step_rms", "RMS of the Adam step m̂ / (sqrt(v̂) + eps)")):  # fmt: skip
+                           ("adam_step_rms", "RMS of the Adam step lr·m̂ / (sqrt(v̂) + eps)")):  # fmt: skip
         body += _per_layer_figures(runs, metric, ylabel, log_y=True)
     return Section("adam-moments", "Adam moments",
                    body or note("No Adam-family optimiser moments recorded."))  # fmt: skip
