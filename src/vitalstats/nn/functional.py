@@ -144,6 +144,13 @@ def update_running_stats(
     return finite
 
 
+def _check_per_channel(input: Tensor, function: str, *tensors: Tensor | None) -> None:
+    """running_mean, running_var, weight, bias: each None or of shape (C,)."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    for name, t in zip(names, tensors, strict=True):
+        check_param_shape(t, (input.shape[1],), name, function, input)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -162,19 +169,12 @@ def batch_norm(
     not training: y = (x - running_mean) / sqrt(running_var + eps) * weight + bias.
     """
     check_float_input(input, "batch_norm", min_dims=2)
-    num_channels = input.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        check_param_shape(t, (num_channels,), name, "batch_norm", input)
+    _check_per_channel(input, "batch_norm", running_mean, running_var, weight, bias)
     if training:
         check_values_per_channel(input, "batch_norm")
         check_positive_eps(eps, "batch_norm")
         y, mean, var = batch_norm_statistics(input, weight, bias, eps)
-        count = input.numel() // num_channels
+        count = input.numel() // input.shape[1]
         update_running_stats(running_mean, running_var, mean, var, count, momentum)
         return y
     if running_mean is None or running_var is None:
@@ -223,14 +223,7 @@ def instance_norm(
     dims. With running buffers and ``use_input_stats``, they are updated (as torch does) with
     the batch-average of the per-instance means and unbiased variances."""
     check_float_input(input, "instance_norm", min_dims=3)
-    num_channels = input.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        check_param_shape(t, (num_channels,), name, "instance_norm", input)
+    _check_per_channel(input, "instance_norm", running_mean, running_var, weight, bias)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError(
