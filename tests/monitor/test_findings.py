@@ -26,6 +26,8 @@ def test_finding_is_a_frozen_record_with_a_known_code():
         "step": 3,
         "message": "msg.",
         "fix": "fix.",
+        "layers": [],
+        "consequences": [],
     }
     assert str(finding) == "[warning] DEAD_RELU net.1 at step 3: msg. Fix: fix."
     with pytest.raises(ValueError, match="unknown code 'NOPE'"):

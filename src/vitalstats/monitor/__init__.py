@@ -13,6 +13,7 @@ from vitalstats.monitor.findings import CODES, Finding, Severity
 from vitalstats.monitor.linting import lint
 from vitalstats.monitor.metrics import StepMetrics
 from vitalstats.monitor.monitor import EvaluationPhase, Monitor
+from vitalstats.monitor.story import story
 
 __all__ = [
     "CODES",
@@ -24,4 +25,5 @@ __all__ = [
     "StepMetrics",
     "Thresholds",
     "lint",
+    "story",
 ]

@@ -7,6 +7,7 @@ never changes meaning once released.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -40,6 +41,17 @@ CODES: dict[str, tuple[Severity, str]] = {
     "BN_RUNNING_NONFINITE": ("error", "running_mean/running_var contain NaN/Inf"),
     "BN_FROZEN_BUT_UPDATING": ("warning", "frozen BatchNorm parameters, updating running stats"),
     "BN_BUFFER_DIVERGENCE": ("error", "BatchNorm buffers differ across distributed ranks"),
+    "LR_TOO_HIGH": ("error", "the learning rate is too high: large updates with a loss that rises"),
+    "LOSS_PLATEAU": ("warning", "the loss stopped improving relative to its own noise"),
+    "INPUT_SCALE": ("warning", "input features far from unit scale, or scales orders apart"),
+    "GRAD_NOT_ZEROED": ("error", "gradients accumulate across optimiser steps (no zero_grad)"),
+    "LOSS_ON_PROBABILITIES": ("error", "probabilities fed to a loss that expects logits"),
+    "STEP_IN_EVAL_MODE": (
+        "warning",
+        "optimiser steps while normalisation/dropout are in eval mode",
+    ),
+    "LOGIT_GROWTH": ("warning", "the output logits grow step after step"),
+    "AMP_STEPS_SKIPPED": ("warning", "the GradScaler skipped most optimiser steps for overflow"),
 }
 
 
@@ -47,7 +59,12 @@ CODES: dict[str, tuple[Severity, str]] = {
 class Finding:
     """One diagnosis: ``code`` (see ``CODES``), ``severity``, the ``layer`` (module or
     parameter name, "" for the whole run), the first optimiser ``step`` it was seen at (``None``
-    for static checks), a ``message`` saying what was measured and a ``fix``."""
+    for static checks), a ``message`` saying what was measured and a ``fix``.
+
+    ``story()`` (what ``Monitor.diagnose()`` returns) fills the two grouping fields:
+    ``layers``, every layer the same code was seen on (``layer`` is the first), and
+    ``consequences``, the findings this root cause explains (e.g. LR_TOO_HIGH ->
+    GRAD_EXPLODING -> NONFINITE_FORWARD -> NONFINITE_LOSS), in step order."""
 
     code: str
     severity: Severity
@@ -55,6 +72,8 @@ class Finding:
     step: int | None
     message: str
     fix: str
+    layers: tuple[str, ...] = ()
+    consequences: tuple[Finding, ...] = ()
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
@@ -64,13 +83,64 @@ class Finding:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict with the six fields (what ``RunStore.add_findings`` accepts)."""
-        return asdict(self)
+        """Plain dict of the fields (what ``RunStore.add_findings`` accepts; it stores the
+        first six): ``layers`` as a list, ``consequences`` as a list of such dicts."""
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        out["consequences"] = [c.to_dict() for c in self.consequences]
+        return out
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Finding:
+        """A finding from ``to_dict()`` output or a run-store row. A code unknown to this
+        version (a store written by a newer vitalstats) is kept as it is, not rejected."""
+        layers = tuple(row.get("layers") or ())
+        consequences = tuple(cls.from_dict(c) for c in row.get("consequences") or ())
+        fields = (
+            str(row["code"]),
+            row.get("severity") or CODES.get(str(row["code"]), ("warning",))[0],
+            row.get("layer") or "",
+            None if row.get("step") is None else int(row["step"]),
+            row.get("message") or "",
+            row.get("fix") or "",
+            layers,
+            consequences,
+        )
+        return cls(*fields) if fields[0] in CODES else cls._unchecked(fields)
+
+    @classmethod
+    def _unchecked(cls, fields: tuple[Any, ...]) -> Finding:
+        finding = object.__new__(cls)  # bypasses the known-code check only
+        for name, value in zip(_FIELD_NAMES, fields):
+            object.__setattr__(finding, name, value)
+        return finding
+
+    def replace(self, **changes: Any) -> Finding:
+        """A copy with ``changes`` (``dataclasses.replace`` that keeps unknown codes)."""
+        if self.code in CODES:
+            return dataclasses.replace(self, **changes)
+        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        values.update(changes)
+        return self._unchecked(tuple(values[name] for name in _FIELD_NAMES))
+
+    @property
+    def all_layers(self) -> tuple[str, ...]:
+        """``layers`` when grouped, else ``(layer,)`` (or ``()`` for a run-level finding)."""
+        return self.layers or ((self.layer,) if self.layer else ())
 
     def __str__(self) -> str:
-        where = f" {self.layer}" if self.layer else ""
+        shown = self.all_layers
+        where = f" {', '.join(shown[:4])}" if shown else ""
+        if len(shown) > 4:
+            where += f" (+{len(shown) - 4} more)"
         when = f" at step {self.step}" if self.step is not None else ""
-        return f"[{self.severity}] {self.code}{where}{when}: {self.message} Fix: {self.fix}"
+        text = f"[{self.severity}] {self.code}{where}{when}: {self.message} Fix: {self.fix}"
+        if self.consequences:
+            text += " Explains: " + ", ".join(c.code for c in self.consequences) + "."
+        return text
+
+
+_FIELD_NAMES = ("code", "severity", "layer", "step", "message", "fix", "layers", "consequences")
 
 
 def make_finding(code: str, layer: str, step: int | None, message: str, fix: str) -> Finding:
