@@ -35,4 +35,4 @@ def test_a_failing_rank_raises_with_its_traceback():
 
 def test_a_hanging_rank_is_killed():
     with pytest.raises(TimeoutError, match=r"ranks \[1\]"):
-        run_ranks(_rank_one_hangs, world_size=2, timeout=8)
+        run_ranks(_rank_one_hangs, world_size=2, timeout=30)  # slack for a loaded CI machine

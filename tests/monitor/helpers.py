@@ -45,8 +45,15 @@ def everything(**overrides) -> MonitorConfig:
     return MonitorConfig.everything(**overrides)
 
 
+def flat(findings) -> list:
+    """diagnose()'s story, one finding per line (roots and their consequences)."""
+    from vitalstats.monitor.story import flatten
+
+    return flatten(findings)
+
+
 def codes(findings) -> set[str]:
-    return {f.code for f in findings}
+    return {f.code for f in flat(findings)}
 
 
 def run_codes(model, optimizer, steps, config=None, data=None, **monitor_kwargs) -> set[str]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import vitalstats as vs
-from tests.monitor.helpers import batches, codes, everything, mlp, run_codes, train
+from tests.monitor.helpers import batches, codes, everything, flat, mlp, run_codes, train
 from vitalstats.monitor import CODES, MonitorConfig, Thresholds
 
 DISTRIBUTED_ONLY = {"BN_BUFFER_DIVERGENCE"}  # provoked in test_distributed.py
@@ -76,7 +76,7 @@ def test_vanishing_gradients_in_a_deep_sigmoid_stack():
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     found = vs.Monitor(model, optimizer=opt)
     train(model, opt, found, batches(1))
-    findings = found.diagnose()
+    findings = flat(found.diagnose())
     vanishing = [f for f in findings if f.code == "GRAD_VANISHING"]
     assert vanishing and vanishing[0].layer == "0.weight"
     assert vanishing[0].step == 0 and "x the largest" in vanishing[0].message
@@ -108,7 +108,7 @@ def test_dead_relu_units():
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     findings = vs.Monitor(model, optimizer=opt, config=everything())
     train(model, opt, findings, batches(1))
-    dead = [f for f in findings.diagnose() if f.code == "DEAD_RELU"]
+    dead = [f for f in flat(findings.diagnose()) if f.code == "DEAD_RELU"]
     assert dead[0].layer == "1" and "100.0% of units" in dead[0].message
 
 
@@ -129,7 +129,7 @@ def test_activation_std_shrinking_with_depth_under_default_linear_init():
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, batches(1))
-    depth = [f for f in monitor.diagnose() if f.code == "ACT_STD_DEPTH"]
+    depth = [f for f in flat(monitor.diagnose()) if f.code == "ACT_STD_DEPTH"]
     assert depth and "shrinks" in depth[0].message
 
 
@@ -141,7 +141,7 @@ def test_activation_std_growing_with_depth():
     opt = torch.optim.SGD(model.parameters(), lr=1e-9)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, batches(1))
-    depth = [f for f in monitor.diagnose() if f.code == "ACT_STD_DEPTH"]
+    depth = [f for f in flat(monitor.diagnose()) if f.code == "ACT_STD_DEPTH"]
     assert depth and "grows" in depth[0].message
 
 
@@ -154,7 +154,7 @@ def test_activation_std_growing_per_layer_in_a_shallow_naive_mlp():
     opt = torch.optim.SGD(model.parameters(), lr=1e-9)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, batches(1, features=30, classes=2))
-    depth = [f for f in monitor.diagnose() if f.code == "ACT_STD_DEPTH"]
+    depth = [f for f in flat(monitor.diagnose()) if f.code == "ACT_STD_DEPTH"]
     assert depth and "grows" in depth[0].message and "per layer" in depth[0].message
 
 
@@ -166,7 +166,7 @@ def test_activation_std_per_layer_silent_with_kaiming_init():
     opt = torch.optim.SGD(model.parameters(), lr=1e-9)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, batches(1, features=30, classes=2))
-    assert "ACT_STD_DEPTH" not in {f.code for f in monitor.diagnose()}
+    assert "ACT_STD_DEPTH" not in {f.code for f in flat(monitor.diagnose())}
 
 
 # ------------------------------------------------------------------------------- updates
@@ -201,7 +201,7 @@ def _nonfinite_findings(model, data, loss_fn=nn.functional.cross_entropy):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, data, loss_fn)
-    findings = [f for f in monitor.diagnose() if f.code.startswith("NONFINITE")]
+    findings = [f for f in flat(monitor.diagnose()) if f.code.startswith("NONFINITE")]
     monitor.close()
     return findings
 
@@ -261,7 +261,7 @@ def test_loss_spike_from_one_bad_batch():
     data[30] = (x * 100, y)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, data)
-    spikes = [f for f in monitor.diagnose() if f.code == "LOSS_SPIKE"]
+    spikes = [f for f in flat(monitor.diagnose()) if f.code == "LOSS_SPIKE"]
     assert [f.step for f in spikes] == [30]
 
 
@@ -280,7 +280,7 @@ def test_batchnorm_in_training_mode_inside_evaluating():
     train(model, opt, monitor, batches(2))
     with monitor.evaluating():  # forgot model.eval()
         model(torch.randn(16, 8))
-    found = [f for f in monitor.diagnose() if f.code == "BN_TRAIN_IN_EVAL"]
+    found = [f for f in flat(monitor.diagnose()) if f.code == "BN_TRAIN_IN_EVAL"]
     assert [f.layer for f in found] == ["1"] and "evaluating()" in found[0].message
 
 
@@ -289,7 +289,7 @@ def test_batchnorm_in_training_mode_under_no_grad():
     monitor = vs.Monitor(model)
     with torch.no_grad():
         model(torch.randn(16, 8))
-    found = [f for f in monitor.diagnose() if f.code == "BN_TRAIN_IN_EVAL"]
+    found = [f for f in flat(monitor.diagnose()) if f.code == "BN_TRAIN_IN_EVAL"]
     assert found and "no_grad" in found[0].message
 
 
@@ -303,14 +303,14 @@ def test_batchnorm_with_few_values_per_channel():
 def _diagnose(model, opt, data, config=None):
     monitor = vs.Monitor(model, optimizer=opt, config=config or MonitorConfig())
     train(model, opt, monitor, data)
-    findings = monitor.diagnose()
+    findings = flat(monitor.diagnose())
     monitor.close()
     return findings
 
 
 def test_bias_before_batchnorm_static():
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
-    found = [f for f in vs.Monitor(model).diagnose() if f.code == "BIAS_BEFORE_NORM"]
+    found = [f for f in flat(vs.Monitor(model).diagnose()) if f.code == "BIAS_BEFORE_NORM"]
     assert [f.layer for f in found] == ["0"]
 
 
@@ -350,7 +350,9 @@ def test_batch_statistics_at_inference():
 
 def test_keras_style_momentum():
     found = [
-        f for f in vs.Monitor(_bn_model(momentum=0.99)).diagnose() if f.code == "BN_HIGH_MOMENTUM"
+        f
+        for f in flat(vs.Monitor(_bn_model(momentum=0.99)).diagnose())
+        if f.code == "BN_HIGH_MOMENTUM"
     ]
     assert found and "momentum=0.01" in found[0].fix
 

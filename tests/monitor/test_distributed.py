@@ -42,7 +42,7 @@ def merge_worker(rank: int, world_size: int, store_path: str):
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     monitor = vs.Monitor(ddp, optimizer=opt, store=store_path, config=everything(flush_every=2))
-    writes = monitor._writer is not None
+    writes = monitor.store_path is not None
     data = _data(rank, 2)
     for x, y in data:
         loss = nn.functional.cross_entropy(ddp(x), y)
@@ -54,7 +54,7 @@ def merge_worker(rank: int, world_size: int, store_path: str):
     for m in monitor.history:
         if m.step == 0:
             metrics.update(m.scalars)
-    report = monitor.report(store_path + ".html")  # a collective: every rank calls it
+    report = vs.report.write_report(monitor, store_path + ".html")  # a collective: all ranks
     monitor.close()
     return {
         "writes": writes,

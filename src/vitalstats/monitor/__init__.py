@@ -13,12 +13,15 @@ from vitalstats.monitor.findings import CODES, Finding, Severity
 from vitalstats.monitor.linting import lint
 from vitalstats.monitor.metrics import StepMetrics
 from vitalstats.monitor.monitor import EvaluationPhase, Monitor
+from vitalstats.monitor.registry import METRICS, Metric
 from vitalstats.monitor.story import story
 
 __all__ = [
     "CODES",
+    "METRICS",
     "EvaluationPhase",
     "Finding",
+    "Metric",
     "Monitor",
     "MonitorConfig",
     "Severity",

@@ -25,7 +25,10 @@ class Thresholds:
     per_layer_std_ratio: float = 3.0  # geometric mean of that ratio per hidden weighted layer
     update_to_data_log10_low: float = -5.0  # log10 std(update)/std(weight), about -3 is healthy
     update_to_data_log10_high: float = -1.0
-    loss_spike_sigmas: float = 6.0  # (loss - EWM mean) / EWM std
+    loss_spike_sigmas: float = 10.0  # (loss - rolling median) / robust step-to-step noise
+    loss_spike_min_rise: float = 0.2  # and the loss is this fraction above the rolling median
+    loss_spike_min_noise: float = 0.01  # noise floor, as a fraction of the rolling median
+    loss_window: int = 50  # losses in the rolling median / noise baseline
     loss_divergence_ratio: float = 2.0  # EWM mean / best EWM mean
     loss_warmup_steps: int = 20  # steps before spike/divergence checks start
     bn_min_values_per_channel: int = 8  # fewer values per channel -> BN_FEW_VALUES

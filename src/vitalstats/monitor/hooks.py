@@ -1,227 +1,341 @@
 """The monitor's hooks: where measurements are taken, and nothing else.
 
-Forward hooks on the watched leaf layers, a pre-hook on the root (the input), pre-hooks on
-BatchNorm layers (running statistics before the update), tensor hooks on layer outputs
-(output gradients, only in steps that measure them) and the optimizer's step pre/post hooks
-(gradients once per optimiser step, the applied update, Adam's moments). Each hook reads the
-step's ``_Due`` flags and hands detached tensors to the probes; ``Monitor`` mixes this in.
+A pre-hook on the root module (the model input), forward hooks on the watched leaf layers,
+pre-hooks on BatchNorm layers (running statistics before the update), tensor hooks on layer
+outputs (output gradients, only in steps that measure them), the optimizer's step pre/post
+hooks (gradients once per optimiser step, the applied update, Adam's moments) and one
+post-accumulate-grad hook on a sentinel parameter (gradients never zeroed). Every hook reads
+the explicit ``MeasureState`` it is given, hands detached device tensors to the probes and
+Python facts to ``state.observe``; none makes a finding.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from vitalstats.monitor import linting
-from vitalstats.monitor.diagnoses import norm_layer_runtime
-from vitalstats.monitor.norm_layers import (
-    batch_moments_from_attributes,
-    batch_moments_from_input,
-    is_batchnorm,
-    running_snapshot,
-    values_per_channel,
-)
-from vitalstats.monitor.probes import (
-    activation_entries,
-    activation_histogram,
-    can_create_nonfinite,
-    first_tensor,
-    gradient_histogram,
-    nonfinite_sentinel,
-    output_grad_entries,
-)
+from vitalstats.monitor import norm_layers as bn
+from vitalstats.monitor import probes
+from vitalstats.monitor.parameters import ParameterProbe, local_view
+from vitalstats.monitor.state import MeasureState
+
+_MAX_INPUT_FEATURES = 4096  # wider inputs (token embeddings fed as floats) are not profiled
 
 
-@dataclass
-class _Due:
-    """Which probes run in the current optimiser step (decided once per step)."""
-
-    nonfinite: bool = False
-    grad_norm: bool = False
-    activations: bool = False
-    output_grads: bool = False
-    parameters: bool = False
-    updates: bool = False
-    optimizer_moments: bool = False
-    norm_layers: bool = False
-    histograms: bool = False
-
-    @property
-    def forward(self) -> bool:
-        return self.nonfinite or self.activations or self.output_grads or self.histograms
+def input_tensor(args: tuple, kwargs: dict | None) -> torch.Tensor | None:
+    """The model's first floating-point input, positional or keyword (``pixel_values=``)."""
+    found = probes.first_tensor(args)
+    if found is None and kwargs:
+        found = probes.first_tensor(kwargs)
+    return found
 
 
-class HookMixin:
-    """Hook registration and bodies for ``Monitor`` (which owns the state they use)."""
+def upstream_layer(x: torch.Tensor, produced: dict[Any, str], max_hops: int = 12) -> str | None:
+    """The weighted layer whose output reaches ``x`` through single-input operations only
+    (activations, normalisation, dropout, reshapes), found by walking ``x``'s autograd graph
+    back; None when a node with two non-leaf inputs (a residual sum, a concatenation, an
+    attention product) comes first, or nothing was recorded. Layers whose outputs are added
+    together are therefore not a depth chain."""
+    node = x.grad_fn
+    for _ in range(max_hops):
+        if node is None:
+            return None
+        found = produced.get(node)
+        if found is not None:
+            return found
+        inputs = [
+            n
+            for n, _ in node.next_functions
+            if n is not None and type(n).__name__ != "AccumulateGrad"
+        ]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
 
-    # ----------------------------------------------------------------------------- hooks
-    def attach(self) -> Any:
-        """Register every hook (idempotent); returns self."""
+
+class Hooks:
+    """Registers and runs every hook of one monitor on ``state``."""
+
+    def __init__(
+        self,
+        state: MeasureState,
+        root: nn.Module,
+        layers: list[tuple[str, nn.Module]],
+        parameters: ParameterProbe,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> None:
+        self.state, self.root, self.layers = state, root, layers
+        self.parameters, self.optimizer = parameters, optimizer
+        self._handles: list[Any] = []
+        self._bn_before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mode_layers = [
+            (name, m) for name, m in root.named_modules() if bn.is_batchnorm(m) or bn.is_dropout(m)
+        ]
+        trainable = [p for _, p in parameters.named]
+        self._sentinel = min(trainable, key=lambda p: p.numel()) if trainable else None
+        self._grad_at_step: tuple[torch.Tensor, int] | None = None
+
+    # ----------------------------------------------------------------------------- life cycle
+    def attach(self) -> None:
         if self._handles:
-            return self
+            return
         handles = self._handles
-        handles.append(self.inner.register_forward_pre_hook(self._root_pre_hook))
+        handles.append(self.root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
         for name, module in self.layers:
-            if is_batchnorm(module):
+            if bn.is_batchnorm(module):
                 handles.append(module.register_forward_pre_hook(self._norm_pre_hook(name)))
-            handles.append(module.register_forward_hook(self._forward_hook(name)))
+            handles.append(module.register_forward_hook(self._forward_hook(name, module)))
         if self.optimizer is not None:
             handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
             handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
-        return self
+        if self._sentinel is not None and not self.state.lint:
+            handles.append(self._sentinel.register_post_accumulate_grad_hook(self._accumulated))
 
-    def detach(self) -> Any:
-        """Remove every hook: the model and optimiser behave exactly as before."""
+    def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._biased_output = None
-        return self
+        self.state.biased_output = None
+        self.state.produced.clear()
 
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def _measuring(self) -> bool:
-        return self._lint or (not self._evaluating and torch.is_grad_enabled())
-
-    def _root_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        self._biased_output = None
-        if not (self._due.nonfinite and self._measuring()):
+    # ----------------------------------------------------------------------------- forward
+    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        s = self.state
+        s.biased_output = None
+        if not s.measuring():
             return
-        x = first_tensor(args)
+        if not module.training and not s.lint and self._mode_layers:
+            in_eval = [name for name, m in self._mode_layers if not m.training]
+            if in_eval:
+                s.observe("forward_in_eval_mode", "", layers=in_eval)
+        if not s.due.nonfinite and not s.due.activations:
+            return
+        x = input_tensor(args, kwargs)
         if x is None or x.dim() == 0 or x.shape[0] == 0:
             return
-        with torch.no_grad():  # one reduction; the first non-finite index is found at flush
-            per_sample = x.detach().reshape(x.shape[0], -1).sum(1, dtype=torch.float32)
-        self._acc.add("", "input_sample_sums", per_sample, "same")  # this rank's batch
-        self._acc.add("", "input_sum", per_sample.sum(), "sum")  # merged: NaN on any rank
+        with torch.no_grad():
+            x = x.detach()
+            if s.due.nonfinite:  # one reduction; the first bad index is found at flush
+                per_sample = x.reshape(x.shape[0], -1).sum(1, dtype=torch.float32)
+                s.acc.add("", probes.INPUT_SAMPLE_SUMS, per_sample, "same")  # this rank's
+                s.acc.add("", probes.INPUT_SUM, per_sample.sum(), "sum")  # NaN on any rank
+            features = x.shape[-1] if x.dim() == 3 else (x.shape[1] if x.dim() >= 2 else 0)
+            if s.due.activations and 0 < features <= _MAX_INPUT_FEATURES:
+                for field, value, rule in probes.input_feature_entries(x):
+                    s.acc.add("", field, value, rule)
 
-    def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple, Any], None]:
-        kind = self._kinds[name]
-        config = self.config
-        layer = dict(self.layers)[name]
-        is_linear = isinstance(layer, nn.Linear)
-        sentinel = can_create_nonfinite(layer)
+    def _forward_hook(self, name: str, layer: nn.Module) -> Callable[[nn.Module, tuple, Any], None]:
+        s = self.state
+        kind = s.kinds[name]
+        config = s.config
+        is_linear = isinstance(layer, nn.Linear) or type(layer).__name__ == "Conv1D"
+        sentinel = probes.can_create_nonfinite(layer)
+        batchnorm = bn.is_batchnorm(layer)
+        chained = kind == "weighted" and not probes.is_embedding(layer)
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if name not in self._seen_layers:
-                self._seen_layers.add(name)
-                self._diagnoser.forward_order.append(name)
-            # (N, L, C) after a Linear: units are the last dim; else dim 1 (conv channels)
-            previous_is_linear, self._previous_is_linear = self._previous_is_linear, is_linear
-            y = first_tensor(output)
+            if name not in s.seen_layers:
+                s.seen_layers.add(name)
+                s.forward_order.append(name)
+            previous_is_linear, s.previous_is_linear = s.previous_is_linear, is_linear
+            y = probes.first_tensor(output)
             if y is None:
                 return
             if kind == "weighted" and getattr(module, "bias", None) is not None:
-                self._biased_output = (name, y)
-            d = self._due
-            if not (d.forward or d.norm_layers) or not self._measuring():
+                s.biased_output = (name, y)
+            d = s.due
+            if not d.forward or not s.measuring():
                 return
-            acc = self._acc
+            acc = s.acc
             with torch.no_grad():
                 detached = y.detach()
                 if d.nonfinite and sentinel:
-                    acc.add(name, "nonfinite", nonfinite_sentinel(detached), "sum")
+                    acc.add(name, probes.NONFINITE, probes.nonfinite_sentinel(detached), "sum")
                 if d.activations and detached.numel():
                     unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
                     level = config.thresholds.saturation_level
-                    for field, value, rule in activation_entries(detached, kind, unit_dim, level):
+                    for field, value, rule in probes.activation_entries(
+                        detached, kind, unit_dim, level
+                    ):
                         acc.add(name, field, value, rule)
+                    self._link(name, args, y, chained)
                 if d.histograms and detached.numel():
-                    counts = activation_histogram(
+                    counts = probes.activation_histogram(
                         detached,
                         config.histogram_bins,
                         config.activation_histogram_range,
                         config.histogram_max_values,
                     )
-                    acc.add(name, "act_hist", counts, "sum")
-                if d.norm_layers and module.training and "batch_mean" in module.__dict__:
-                    x = first_tensor(args)
-                    count = values_per_channel(module, x) if x is not None else 0
-                    block = batch_moments_from_attributes(module, count)
-                    if block is not None and count:
-                        acc.add(name, "bn_batch", block, "moments")
-            if d.output_grads and y.requires_grad and not self._lint:
+                    acc.add(name, probes.ACT_HIST, counts, "sum")
+                if batchnorm and d.norm_layers and module.training:
+                    self._batch_statistics(name, module, args)
+            if d.output_grads and y.requires_grad and not s.lint:
                 y.register_hook(self._output_grad_hook(name))
 
         return hook
 
+    def _link(self, name: str, args: tuple, y: torch.Tensor, chained: bool) -> None:
+        """Record which weighted layer feeds this one (for the depth trend): through the
+        autograd graph when gradients flow, else (a no_grad forward, as in ``vs.lint``)
+        through the very tensor objects leaf modules pass on."""
+        if torch.compiler.is_compiling():  # no graph nodes inside a traced graph
+            return
+        s = self.state
+        x = probes.first_tensor(args)
+        passed = s.passed_on.get(id(x)) if x is not None else None
+        upstream = passed[1] if passed is not None and passed[0]() is x else None
+        if not chained:  # an activation, norm or dropout passes its upstream layer on
+            if upstream is not None:
+                s.passed_on[id(y)] = (weakref.ref(y), upstream)
+            return
+        if x is not None and x.grad_fn is not None:
+            upstream = upstream_layer(x, s.produced) or upstream
+        if upstream is not None:
+            s.links[name] = upstream
+        if y.grad_fn is not None:
+            s.produced[y.grad_fn] = name
+        s.passed_on[id(y)] = (weakref.ref(y), name)
+
+    def _batch_statistics(self, name: str, module: nn.Module, args: tuple) -> None:
+        x = probes.first_tensor(args)
+        before = self._bn_before.pop(name, None)
+        if x is None or x.dim() < 2:
+            return
+        block = bn.batch_summaries(module, x, before)
+        if block is None:
+            return
+        if before is not None:
+            self.state.acc.add(name, bn.BN_RUNNING_MEAN, before[0], "same")
+            self.state.acc.add(name, bn.BN_RUNNING_VAR, before[1], "same")
+        self.state.acc.add(name, bn.BN_BATCH, block, "summary")
+
     def _output_grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             with torch.no_grad():
-                for field, value, rule in output_grad_entries(grad.detach()):
-                    self._acc.add(name, field, value, rule)
+                for field, value, rule in probes.output_grad_entries(grad.detach()):
+                    self.state.acc.add(name, field, value, rule)
 
         return hook
 
     def _norm_pre_hook(self, name: str) -> Callable[[nn.Module, tuple], None]:
+        s = self.state
+
         def hook(module: nn.Module, args: tuple) -> None:
-            x = first_tensor(args)
+            x = probes.first_tensor(args)
             if x is None:
                 return
-            biased = self._biased_output
+            biased = s.biased_output
             if biased is not None and biased[1] is x:
-                self.findings.add(linting.bias_before_norm_finding(biased[0], name))
-            evaluating = self._evaluating and not self._lint
-            for finding in norm_layer_runtime(
-                name, module, x, self.step_index, evaluating, self.config.thresholds
-            ):
-                if not (self._lint and finding.code == "BN_TRAIN_IN_EVAL"):
-                    self.findings.add(finding)
-            if not (self._due.norm_layers and module.training and self._measuring()):
-                return
-            with torch.no_grad():
-                for field, value, rule in running_snapshot(module):
-                    self._acc.add(name, field, value, rule)
-                if "batch_mean" not in module.__dict__ and x.dim() >= 2 and x.numel():
-                    self._acc.add(name, "bn_batch", batch_moments_from_input(x), "moments")
+                s.observe("bias_before_norm", biased[0], norm=name)
+            evaluating = s.evaluating and not s.lint
+            if module.training and (evaluating or not torch.is_grad_enabled()):
+                where = "inside Monitor.evaluating()" if evaluating else "under torch.no_grad()"
+                if not (s.lint and not evaluating):
+                    s.observe("bn_train_in_eval", name, where=where)
+            if bn.uses_batch_statistics(module):
+                per_channel = bn.values_per_channel(module, x)
+                if module.training:
+                    s.observe("bn_values_per_channel", name, once=False, values=per_channel,
+                              shape=tuple(x.shape))  # fmt: skip
+                else:
+                    s.observe("bn_batch_stats_at_inference", name)
+            if bn.frozen_but_updating(module):
+                s.observe("bn_frozen_but_updating", name)
+            if s.due.norm_layers and module.training and s.measuring():
+                running = bn.running_snapshot(module)
+                if running:
+                    self._bn_before[name] = (running[0][1], running[1][1])
 
         return hook
 
+    # ----------------------------------------------------------------------------- optimizer
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # optimizer.step(closure) (LBFGS, Lightning's automatic optimisation) runs forward and
         # backward inside step(): this step's gradients exist only after it, so read them then.
+        s = self.state
         closure = args[0] if args else (kwargs or {}).get("closure")
-        has_closure = closure is not None
-        self._gradients_after_step = has_closure
-        if not self._evaluating:
-            self._measure_parameters_before(gradients=not has_closure)
+        s.gradients_after_step = closure is not None
+        s.optimizer_stepped = True
+        if not s.evaluating:
+            self.measure_before_step(gradients=closure is None)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        d = self._due
-        if self._gradients_after_step and not self._evaluating:
-            self._measure_gradients()
-        if d.updates:
-            self.parameters.updates(self._acc)
-        if d.optimizer_moments:
-            self.parameters.optimizer_moments(optimizer, self._acc)
+        s = self.state
+        if s.gradients_after_step and not s.evaluating:
+            self.measure_gradients()
+        if s.due.updates:
+            self.parameters.updates(s.acc)
+        if s.due.optimizer_moments:
+            self.parameters.optimizer_moments(optimizer, s.acc)
+        self.mark_gradients_used()
 
-    def _measure_parameters_before(self, snapshot: bool = True, gradients: bool = True) -> None:
-        d, probe, acc = self._due, self.parameters, self._acc
+    def measure_before_step(self, snapshot: bool = True, gradients: bool = True) -> None:
+        d, probe, acc = self.state.due, self.parameters, self.state.acc
         if d.parameters or d.updates:
             probe.weights(acc)
         if d.updates and snapshot:
             probe.snapshot()
         if gradients:
-            self._measure_gradients()
+            self.measure_gradients()
 
-    def _measure_gradients(self) -> None:
-        d, probe, acc = self._due, self.parameters, self._acc
+    def measure_gradients(self) -> None:
+        s = self.state
+        d, probe = s.due, self.parameters
         if d.grad_norm or d.parameters:
-            probe.gradients(acc, full=d.parameters)
+            probe.gradients(s.acc, full=d.parameters)
         if d.histograms:
-            with torch.no_grad():
-                for name, p in probe.named:
-                    if p.grad is not None and p.grad.numel() and not p.grad.is_sparse:
-                        counts = gradient_histogram(
-                            p.grad.detach(),
-                            self.config.histogram_bins,
-                            self.config.gradient_histogram_log10_range,
-                            self.config.histogram_max_values,
-                        )
-                        acc.add(name, "grad_hist", counts, "sum")
+            self._gradient_histograms()
+
+    @torch.no_grad()
+    def _gradient_histograms(self) -> None:
+        """``grad_hist`` per parameter: of the whole gradient where every rank holds it
+        (rule ``same``), of the local shard where it is sharded (counts add over the shard
+        group; an empty shard adds zeros so every rank records the same keys)."""
+        s, config = self.state, self.state.config
+        for group in self.parameters.groups:
+            for name, p in zip(group.names, group.params):
+                g = p.grad
+                if g is None or g.is_sparse:
+                    continue
+                g = local_view(g.detach())
+                if g.numel():
+                    counts = probes.gradient_histogram(
+                        g,
+                        config.histogram_bins,
+                        config.gradient_histogram_log10_range,
+                        config.histogram_max_values,
+                    )
+                elif group.sharded:
+                    counts = torch.zeros(config.histogram_bins, device=g.device)
+                else:
+                    continue
+                s.acc.add(name, probes.GRAD_HIST, counts, group.rule("sum"), group.reduce_over)
+
+    # ----------------------------------------------------------------------------- zero_grad
+    def mark_gradients_used(self) -> None:
+        """The step just consumed the gradients: remember the sentinel's gradient tensor and
+        its version, so the next backward can tell whether it was reset in between."""
+        p = self._sentinel
+        if p is not None and p.grad is not None and not p.grad.is_sparse:
+            self._grad_at_step = (p.grad, p.grad._version)
+        else:
+            self._grad_at_step = None
+
+    def _accumulated(self, p: torch.Tensor) -> None:
+        """First accumulation after a step: the same tensor, one version later, means the
+        backward added onto the previous step's gradient (neither zero_() nor set_to_none)."""
+        previous, self._grad_at_step = self._grad_at_step, None
+        if previous is None or p.grad is None:
+            return
+        tensor, version = previous
+        if p.grad is tensor and p.grad._version == version + 1:
+            self.state.observe("grad_carried_over", "", once=False)

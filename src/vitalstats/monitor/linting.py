@@ -162,7 +162,8 @@ def lint(model: nn.Module, example_input: Any = None) -> list[Finding]:
         with torch.no_grad():
             inner(*args)
         monitor.step()
-        dynamic = monitor.diagnose()
+        monitor.flush()
+        dynamic = monitor.findings.all()
     finally:
         monitor.detach()
         with torch.no_grad():

@@ -1,16 +1,10 @@
-"""From flushed sums to the named metrics of the contract (host side, float64 numpy).
+"""From flushed device values to the registry's named metrics (host side, float64 numpy).
 
-    act_mean, act_std (population), act_min, act_max, act_nonfinite_fraction,
-    act_saturated_fraction, act_dead_fraction, out_grad_std        per layer
-    grad_norm (L2), grad_std, grad_max_abs, weight_std, grad_to_data = std(g) / std(w),
-    update_to_data_log10 = log10(std(w_after - w_before) / std(w_before)),
-    adam_m_hat_abs_mean, adam_sqrt_v_hat_mean, adam_step_rms       per parameter
-    bn_mean_drift = mean_c |mu_B - mu_run| / sqrt(var_run + eps),
-    bn_var_log_ratio = mean_c log(var_B / var_run)                 per BatchNorm
-    loss, lr, steps_per_second, grad_norm_total = sqrt(sum grad_norm^2)   run level ("")
-
-Stds of parameters come from the float32 sum and sum of squares: var = E[x^2] - E[x]^2 in
-float64, clamped at 0 (relative error about 1e-7 * (1 + mean^2 / var)).
+``derive`` reads one step's ``StepValues`` (raw fields of the probes: packed summaries
+``[count, mean, M2, min, max, nonfinite]``, counts, per-unit flags) and returns its
+``StepMetrics``: ``scalars[(layer, metric)]`` with the names of ``registry``, fixed-bin
+``histograms`` and ``flags`` (raw facts for the diagnoses, not stored). Every std is
+sqrt(M2 / count) of an exactly merged summary; every norm sqrt(M2 + count mean^2).
 """
 
 from __future__ import annotations
@@ -20,7 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vitalstats.monitor import norm_layers as bn
+from vitalstats.monitor import probes
+from vitalstats.monitor import registry as r
+from vitalstats.monitor.parameters import ADAM, GRAD, GRAD_SQ, UPDATE, WEIGHT, parse_field
 from vitalstats.monitor.recorder import StepValues
+
+DEVICE_SUFFIX = "_device"  # run-level values given as tensors: loss_device -> loss
 
 
 @dataclass(frozen=True)
@@ -34,100 +34,129 @@ class StepMetrics:
     flags: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
-def _std_from_sums(total: float, sumsq: float, n: int) -> float:
-    mean = total / n
-    return math.sqrt(max(sumsq / n - mean * mean, 0.0))
+def _std(summary: np.ndarray) -> float:
+    count, m2 = float(summary[0]), float(summary[2])
+    return math.sqrt(max(m2, 0.0) / count) if count else math.nan
 
 
-def derive(values: StepValues, numel: dict[str, int], bn_eps: dict[str, float]) -> StepMetrics:
-    """Named metrics of one step; ``numel`` per parameter name, ``bn_eps`` per BatchNorm."""
+def _norm(summary: np.ndarray) -> float:
+    count, mean, m2 = float(summary[0]), float(summary[1]), float(summary[2])
+    return math.sqrt(max(m2, 0.0) + count * mean * mean)
+
+
+def derive(values: StepValues, bn_eps: dict[str, float] | None = None) -> StepMetrics:
+    """Named metrics of one step (see the module docstring); ``bn_eps`` per BatchNorm."""
     out = StepMetrics(values.step)
-    scalars, device = out.scalars, values.device
+    scalars, flags, device = out.scalars, out.flags, values.device
     for (layer, name), value in values.host.items():
         scalars[(layer, name)] = float(value)
-    grad_sq_total, any_grad = 0.0, False
     for (layer, name), array in device.items():
-        if name == "act":
-            count, mean, m2, low, high, nonfinite = array
-            scalars[(layer, "act_mean")] = mean
-            scalars[(layer, "act_std")] = math.sqrt(m2 / count) if count else math.nan
-            scalars[(layer, "act_min")], scalars[(layer, "act_max")] = low, high
-            scalars[(layer, "act_nonfinite_fraction")] = nonfinite / count if count else 0.0
-            saturated = device.get((layer, "act_saturated"))
-            if saturated is not None and count:
-                scalars[(layer, "act_saturated_fraction")] = float(saturated) / count
-        elif name == "act_alive":
-            scalars[(layer, "act_dead_fraction")] = float(np.mean(array == 0))
-            block = device.get((layer, "act"))
-            if block is not None and array.size:  # how many values each unit saw
-                out.flags[(layer, "values_per_unit")] = float(block[0]) / array.size
-        elif name == "out_grad":
-            count, _, m2 = array[0], array[1], array[2]
-            scalars[(layer, "out_grad_std")] = math.sqrt(m2 / count) if count else math.nan
-        elif name == "grad_norm":
-            norm = float(array)
-            scalars[(layer, "grad_norm")] = norm
-            grad_sq_total, any_grad = grad_sq_total + norm * norm, True
-            if (layer, "grad_sum") in device:
-                n = numel[layer]
-                std = _std_from_sums(float(device[(layer, "grad_sum")]), norm * norm, n)
-                scalars[(layer, "grad_std")] = std
-                scalars[(layer, "grad_max_abs")] = float(device[(layer, "grad_max_abs")])
-        elif name in ("adam_m_hat_abs_mean", "adam_sqrt_v_hat_mean", "adam_step_rms"):
-            scalars[(layer, name)] = float(array)
-        elif name == "weight_sum":
-            n = numel[layer]
-            scalars[(layer, "weight_std")] = _std_from_sums(
-                float(array), float(device[(layer, "weight_sumsq")]), n
-            )
-        elif name in ("act_hist", "grad_hist"):
+        if name == probes.ACT:
+            _activation(scalars, flags, device, layer, array)
+        elif name == probes.OUT_GRAD:
+            scalars[(layer, r.OUT_GRAD_STD)] = _std(array)
+        elif name in (probes.ACT_HIST, probes.GRAD_HIST):
             out.histograms[(layer, name)] = array.astype(np.int64)
-        elif name.endswith("_device"):  # run-level values that were tensors: loss, lr
-            scalars[(layer, name.removesuffix("_device"))] = float(array)
-        elif name == "nonfinite":  # the layer output's sum: non-finite iff NaN/Inf inside
-            out.flags[(layer, name)] = 0.0 if math.isfinite(float(array)) else 1.0
-        elif name == "input_sum":  # NaN/Inf iff some rank's input held NaN/Inf
+        elif name.endswith(DEVICE_SUFFIX):
+            scalars[(layer, name.removesuffix(DEVICE_SUFFIX))] = float(array)
+        elif name == probes.NONFINITE:  # the output's sum: non-finite iff NaN/Inf inside
+            flags[(layer, name)] = 0.0 if math.isfinite(float(array)) else 1.0
+        elif name == probes.INPUT_SUM:  # NaN/Inf iff some rank's input held NaN/Inf
             if not math.isfinite(float(array)):
-                local = device.get((layer, "input_sample_sums"), np.zeros(0))
+                local = device.get((layer, probes.INPUT_SAMPLE_SUMS), np.zeros(0))
                 bad = np.flatnonzero(~np.isfinite(local))
-                out.flags[(layer, "input_bad_index")] = float(bad[0]) if bad.size else -1.0
-        elif name == "bn_running_nonfinite":
-            out.flags[(layer, name)] = float(array)
-    if any_grad:
-        scalars[("", "grad_norm_total")] = math.sqrt(grad_sq_total)
-    _parameter_ratios(scalars, device, numel)
-    _norm_layer_drift(scalars, device, bn_eps)
+                flags[("", "input_bad_index")] = float(bad[0]) if bad.size else -1.0
+        elif name == probes.INPUT_FEATURES:
+            _input_scale(scalars, flags, array)
+        elif name == bn.BN_RUNNING_NONFINITE:
+            flags[(layer, name)] = float(array)
+        elif name == bn.BN_BATCH:
+            _norm_layer_drift(scalars, device, layer, array, (bn_eps or {}).get(layer, 1e-5))
+    _parameters(scalars, values)
     return out
 
 
-def _parameter_ratios(scalars: dict, device: dict, numel: dict[str, int]) -> None:
-    for (layer, name), array in device.items():
-        if name != "update_sum":
-            continue
-        weight_std = scalars.get((layer, "weight_std"))
-        update_std = _std_from_sums(
-            float(array), float(device[(layer, "update_sumsq")]), numel[layer]
-        )
-        if weight_std:  # -inf: the step left the weights unchanged (e.g. below float32 ulp)
-            ratio = update_std / weight_std
-            scalars[(layer, "update_to_data_log10")] = math.log10(ratio) if ratio else -math.inf
-    for (layer, metric), grad_std in list(scalars.items()):
-        if metric == "grad_std":
-            weight_std = scalars.get((layer, "weight_std"))
-            if weight_std:
-                scalars[(layer, "grad_to_data")] = grad_std / weight_std
+def _activation(scalars: dict, flags: dict, device: dict, layer: str, summary: np.ndarray) -> None:
+    count, mean, _, low, high, nonfinite = (float(v) for v in summary)
+    scalars[(layer, r.ACT_MEAN)] = mean
+    scalars[(layer, r.ACT_STD)] = _std(summary)
+    scalars[(layer, r.ACT_MIN)], scalars[(layer, r.ACT_MAX)] = low, high
+    scalars[(layer, r.ACT_NONFINITE_FRACTION)] = nonfinite / count if count else 0.0
+    saturated = device.get((layer, probes.ACT_SATURATED))
+    if saturated is not None and count:
+        scalars[(layer, r.ACT_SATURATED_FRACTION)] = float(saturated) / count
+    alive = device.get((layer, probes.ACT_ALIVE))
+    if alive is not None and alive.size:
+        scalars[(layer, r.ACT_DEAD_FRACTION)] = float(np.mean(alive == 0))
+        flags[(layer, "values_per_unit")] = count / alive.size  # how many values each unit saw
+    if nonfinite:
+        flags[(layer, "act_nonfinite")] = nonfinite
 
 
-def _norm_layer_drift(scalars: dict, device: dict, bn_eps: dict[str, float]) -> None:
-    for (layer, name), block in device.items():
-        if name != "bn_batch" or (layer, "bn_running_mean") not in device:
-            continue
-        count, mean, m2 = block[0], block[1], block[2]
-        batch_var = m2 / np.maximum(count, 1)
-        running_mean = device[(layer, "bn_running_mean")]
-        running_var = device[(layer, "bn_running_var")]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drift = np.abs(mean - running_mean) / np.sqrt(running_var + bn_eps[layer])
-            log_ratio = np.log(batch_var / running_var)
-        scalars[(layer, "bn_mean_drift")] = float(np.mean(drift))
-        scalars[(layer, "bn_var_log_ratio")] = float(np.mean(log_ratio))
+def _input_scale(scalars: dict, flags: dict, features: np.ndarray) -> None:
+    """Per-feature rms = sqrt(mean^2 + var) of the model input; features that are zero
+    everywhere (padding, empty pixels) do not count as tiny."""
+    count, mean, m2 = features[:, 0], features[:, 1], features[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms = np.sqrt(mean * mean + np.maximum(m2, 0.0) / np.maximum(count, 1.0))
+    rms = rms[np.isfinite(rms)]
+    nonzero = rms[rms > 0]
+    if not nonzero.size:
+        return
+    scalars[("", r.INPUT_RMS_MAX)] = float(nonzero.max())
+    scalars[("", r.INPUT_RMS_MIN)] = float(nonzero.min())
+    flags[("", "input_features")] = float(features.shape[0])
+
+
+def _parameters(scalars: dict, values: StepValues) -> None:
+    """Per-parameter metrics from the packed ``(P, ...)`` rows (labels name the rows)."""
+    weight_std: dict[str, float] = {}
+    norms: dict[str, float] = {}
+    packed = [
+        (parsed[0], key, array)
+        for key, array in values.device.items()
+        if key[0] == "" and (parsed := parse_field(key[1])) is not None
+    ]
+    for kind, key, array in sorted(packed, key=lambda item: item[0] != WEIGHT):
+        names = values.labels.get(key, ())
+        for name, row in zip(names, array):
+            if kind == WEIGHT and row[0]:
+                weight_std[name] = _std(row)
+                scalars[(name, r.WEIGHT_STD)] = weight_std[name]
+            elif kind == GRAD and row[0]:
+                norms[name] = _norm(row)
+                std = _std(row)
+                scalars[(name, r.GRAD_STD)] = std
+                scalars[(name, r.GRAD_MAX_ABS)] = float(max(-row[3], row[4]))
+                if weight_std.get(name):
+                    scalars[(name, r.GRAD_TO_DATA)] = std / weight_std[name]
+            elif kind == GRAD_SQ:
+                norms.setdefault(name, math.sqrt(max(float(row), 0.0)))
+            elif kind == UPDATE and row[0] and weight_std.get(name):
+                ratio = _std(row) / weight_std[name]  # -inf: a step below float resolution
+                scalars[(name, r.UPDATE_TO_DATA_LOG10)] = math.log10(ratio) if ratio else -math.inf
+            elif kind == ADAM and row[0]:
+                count, m_abs, sqrt_v, step_sq, _ = (float(v) for v in row)
+                scalars[(name, r.ADAM_M_HAT_ABS_MEAN)] = m_abs / count
+                scalars[(name, r.ADAM_SQRT_V_HAT_MEAN)] = sqrt_v / count
+                scalars[(name, r.ADAM_STEP_RMS)] = math.sqrt(max(step_sq, 0.0) / count)
+    for name, norm in norms.items():
+        scalars[(name, r.GRAD_NORM)] = norm
+    if norms:
+        scalars[("", r.GRAD_NORM_TOTAL)] = math.sqrt(sum(n * n for n in norms.values()))
+
+
+def _norm_layer_drift(
+    scalars: dict, device: dict, layer: str, block: np.ndarray, eps: float
+) -> None:
+    running_mean = device.get((layer, bn.BN_RUNNING_MEAN))
+    running_var = device.get((layer, bn.BN_RUNNING_VAR))
+    if running_mean is None or running_var is None:
+        return
+    count, mean, m2 = block[:, 0], block[:, 1], block[:, 2]
+    batch_var = m2 / np.maximum(count, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drift = np.abs(mean - running_mean) / np.sqrt(running_var + eps)
+        log_ratio = np.log(batch_var / running_var)
+    scalars[(layer, r.BN_MEAN_DRIFT)] = float(np.mean(drift))
+    scalars[(layer, r.BN_VAR_LOG_RATIO)] = float(np.mean(log_ratio))

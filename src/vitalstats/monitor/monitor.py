@@ -7,12 +7,14 @@
     findings = mon.diagnose()
     mon.close()
 
-Data flow: hooks (``hooks``) -> probes (``probes``, ``parameters``, ``norm_layers``) put device
-tensors into a ``StepAccumulator`` -> every ``flush_every`` steps one batched copy
-(``recorder.gather``, merged across ranks) -> named metrics (``metrics``) -> ``diagnoses`` ->
-the run store (rank 0 only). Gradient accumulation: every forward/backward between two
-``step()`` calls belongs to one optimiser step; activation statistics pool all its
-micro-batches and gradients are read once, just before ``optimizer.step()``.
+Data flow, one way: hooks (``hooks``, given an explicit ``MeasureState``) -> probes
+(``probes``, ``parameters``, ``norm_layers``) put device tensors into the step accumulator
+-> every ``flush_every`` steps one batched copy (``recorder.gather``, merged across ranks
+and shards) -> the registry's named metrics (``metrics``) -> ``diagnoses`` (the only place
+findings are made) -> the sinks (run store, TensorBoard; rank 0 only). Gradient
+accumulation: every forward/backward between two ``step()`` calls belongs to one optimiser
+step; activation statistics pool all its micro-batches and gradients are read once, just
+before ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -29,25 +31,36 @@ import torch
 from torch import nn
 
 from vitalstats.monitor import linting
-from vitalstats.monitor.config import MonitorConfig, due
-from vitalstats.monitor.diagnoses import Diagnoser
-from vitalstats.monitor.findings import Finding, FindingLog, make_finding
-from vitalstats.monitor.hooks import HookMixin, _Due
-from vitalstats.monitor.metrics import StepMetrics, derive
-from vitalstats.monitor.norm_layers import is_batchnorm, running_nonfinite_flags
+from vitalstats.monitor import registry as r
+from vitalstats.monitor.config import MonitorConfig
+from vitalstats.monitor.diagnoses import Diagnoser, RunContext, optimizer_family, parameter_role
+from vitalstats.monitor.findings import Finding, FindingLog
+from vitalstats.monitor.hooks import Hooks
+from vitalstats.monitor.metrics import DEVICE_SUFFIX, StepMetrics, derive
+from vitalstats.monitor.norm_layers import BN_RUNNING_NONFINITE, is_batchnorm
+from vitalstats.monitor.norm_layers import running_nonfinite_flags as bn_running_nonfinite
 from vitalstats.monitor.parameters import ParameterProbe
-from vitalstats.monitor.probes import layer_kind
+from vitalstats.monitor.probes import is_embedding, layer_kind
 from vitalstats.monitor.recorder import StepAccumulator, StepRecord, gather
 from vitalstats.monitor.selection import (
-    COMPILED_WARNING,
     Patterns,
     module_depth,
     select_layers,
     select_parameters,
     unwrap,
 )
-from vitalstats.monitor.store_writer import StoreWriter
-from vitalstats.monitor.tensorboard_sink import TensorBoardSink
+from vitalstats.monitor.sinks import StoreSink, TensorBoardSink
+from vitalstats.monitor.state import MeasureState
+from vitalstats.monitor.story import story
+
+STALE_GRAPH_WARNING = (
+    "vs.Monitor: this model was compiled with torch.compile and its graph was built before "
+    "the monitor attached, so torch ignores the monitor's forward hooks: activation, "
+    "output-gradient and BatchNorm statistics are missing (loss, gradient, weight, update "
+    "and optimizer statistics still work). Attach before the first forward of the compiled "
+    "model (`mon = vs.Monitor(model, optimizer=opt); model = torch.compile(model)`), or call "
+    "torch._dynamo.reset() after attaching so the graph is rebuilt with the hooks."
+)
 
 
 class EvaluationPhase:
@@ -64,15 +77,16 @@ class EvaluationPhase:
         self.count += count
 
 
-class Monitor(HookMixin):
+class Monitor:
     """Per-layer training statistics and diagnoses for any ``nn.Module``.
 
     ``include``/``exclude``: glob patterns on qualified module names (``"encoder.*"``) for the
     layers and their parameters; ``types``: only these module classes; ``config``: schedules
     and thresholds (``MonitorConfig``); ``store``: a path or ``vs.RunStore`` (rank 0 writes);
     ``run_name``/``run_config``: recorded with the run; ``tensorboard``: a directory that
-    also receives every flushed window as TensorBoard scalars and histograms. Works on DDP-wrapped models; a model
-    already compiled with ``torch.compile`` gets one warning (attach before compiling).
+    also receives every flushed window as TensorBoard scalars and histograms; ``scaler``: a
+    ``torch.amp.GradScaler`` whose scale is recorded (skipped steps are recorded either way).
+    Works on DDP- and FSDP2-wrapped models and on models compiled after attaching.
     """
 
     def __init__(
@@ -88,6 +102,7 @@ class Monitor(HookMixin):
         run_name: str | None = None,
         run_config: dict[str, Any] | None = None,
         tensorboard: str | Path | None = None,
+        scaler: Any = None,
         _lint: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -97,200 +112,218 @@ class Monitor(HookMixin):
                 f"vs.Monitor: optimizer must be a torch.optim.Optimizer, got {type(optimizer)}"
             )
         self.config = config if config is not None else MonitorConfig()
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.inner, self.compiled = unwrap(model)
-        if self.compiled:
-            warnings.warn(COMPILED_WARNING, UserWarning, stacklevel=2)
         self.layers = select_layers(self.inner, include, exclude, types)
         self.parameters = ParameterProbe(select_parameters(self.inner, include, exclude))
-        self._lint = _lint
-        self._kinds = {name: layer_kind(m) for name, m in self.layers}
+        kinds = {name: layer_kind(m) for name, m in self.layers}
+        self.state = MeasureState(self.config, kinds, lint=_lint)
         self._batchnorms = [(n, m) for n, m in self.layers if is_batchnorm(m)]
         self._bn_eps = {n: float(m.eps) for n, m in self._batchnorms}
-        self._acc = StepAccumulator()
         self._records: list[StepRecord] = []
         self.findings = FindingLog()
-        self._diagnoser = Diagnoser(
-            self.config.thresholds, self.config.loss_ewm_beta, self.findings
-        )
-        self._diagnoser.weighted_layers = {n for n, k in self._kinds.items() if k == "weighted"}
-        self._diagnoser.matrix_parameters = {n for n, p in self.parameters.named if p.dim() >= 2}
-        self._diagnoser.parameter_order = [n for n, _ in self.parameters.named]
+        self._diagnoser = Diagnoser(self.config, self.findings, self._context())
         self.history: collections.deque[StepMetrics] = collections.deque(
             maxlen=self.config.history_steps
         )
         self.step_index = 0
-        self._due = self._schedule(0)
-        self._evaluating = False
-        self._previous_is_linear = False
-        self._biased_output: tuple[str, torch.Tensor] | None = None
-        self._seen_layers: set[str] = set()
+        self.state.due.update(self.config, 0)
         self._last_time: float | None = None
-        self._handles: list[Any] = []
-        self._gradients_after_step = False  # optimizer.step(closure): read grads after it
-        self._writer = None if _lint else StoreWriter.open(store, run_name, run_config, self)
+        self._warned_stale_graph = False
+        self._hooks = Hooks(self.state, self.inner, self.layers, self.parameters, optimizer)
+        self._store = None if _lint else StoreSink.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
         if not _lint:
             for finding in linting.static_findings(self.inner):
                 self.findings.add(finding)
         self.attach()
 
-    # ----------------------------------------------------------------------------- steps
-    def _schedule(self, step: int) -> _Due:
-        c = self.config
-        return _Due(
-            nonfinite=due(c.nonfinite_every, step),
-            grad_norm=due(c.grad_norm_every, step),
-            activations=due(c.activations_every, step),
-            output_grads=due(c.output_grads_every, step),
-            parameters=due(c.parameters_every, step),
-            updates=due(c.updates_every, step),
-            optimizer_moments=due(c.optimizer_moments_every, step),
-            norm_layers=due(c.norm_layers_every, step),
-            histograms=due(c.histograms_every, step),
+    def _context(self) -> RunContext:
+        modules = dict(self.inner.named_modules())
+        roles = {}
+        for name, p in self.parameters.named:
+            module = modules.get(name.rpartition(".")[0], self.inner)
+            roles[name] = parameter_role(module, name, p.dim())
+        return RunContext(
+            thresholds=self.config.thresholds,
+            log=self.findings,
+            parameter_roles=roles,
+            parameter_order=[n for n, _ in self.parameters.named],
+            weighted_layers={
+                n
+                for n, m in self.layers
+                if self.state.kinds[n] == "weighted" and not is_embedding(m)
+            },
+            embedding_layers={n for n, m in self.layers if is_embedding(m)},
+            forward_order=self.state.forward_order,
+            links=self.state.links,
+            optimizer_family=optimizer_family(self.optimizer),
         )
 
+    # ----------------------------------------------------------------------------- hooks
+    def attach(self) -> Monitor:
+        """Register every hook (idempotent); returns self."""
+        self._hooks.attach()
+        return self
+
+    def detach(self) -> Monitor:
+        """Remove every hook: the model and optimiser behave exactly as before."""
+        self._hooks.detach()
+        return self
+
+    @property
+    def attached(self) -> bool:
+        return self._hooks.attached
+
+    # ----------------------------------------------------------------------------- steps
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Close the current optimiser step (call once per ``optimizer.step()``, after it).
 
         ``loss``: the step's loss (a tensor stays on the device; no host sync here)."""
-        acc = self._acc
+        s, acc = self.state, self.state.acc
         if self.optimizer is None:  # no optimizer hooks: read gradients now
-            d = self._due
-            if d.updates and self.parameters.has_snapshot:
+            if s.due.updates and self.parameters.has_snapshot:
                 self.parameters.updates(acc)
-            self._measure_parameters_before(snapshot=False)
+            self._hooks.measure_before_step(snapshot=False)
+            self._hooks.mark_gradients_used()
         if loss is not None:
             if isinstance(loss, torch.Tensor):
                 value = loss.detach()
-                value = value.mean() if value.dim() else value
-                acc.add("", "loss_device", value, "mean")
+                value = value.float().mean() if value.dim() else value
+                acc.add("", r.LOSS + DEVICE_SUFFIX, value, "mean")
             else:
-                acc.add_host("", "loss", float(loss))
-        if self.optimizer is not None:
-            lr = self.optimizer.param_groups[0].get("lr")
-            if isinstance(lr, torch.Tensor):
-                acc.add("", "lr_device", lr.detach().float().reshape(()), "same")
-            elif lr is not None:
-                acc.add_host("", "lr", float(lr))
+                acc.add_host("", r.LOSS, float(loss))
+        self._record_optimizer_state()
         now = time.perf_counter()
         if self._last_time is not None and now > self._last_time:
-            acc.add_host("", "steps_per_second", 1.0 / (now - self._last_time))
+            acc.add_host("", r.STEPS_PER_SECOND, 1.0 / (now - self._last_time))
         self._last_time = now
+        self._check_compiled_graph()
         record = acc.close(self.step_index)
         if record is not None:
             self._records.append(record)
         self.step_index += 1
-        self._due = self._schedule(self.step_index)
-        if self.optimizer is None and self._due.updates:
+        s.end_step()
+        s.step = self.step_index
+        s.due.update(self.config, self.step_index)
+        s.optimizer_stepped = False
+        if self.optimizer is None and s.due.updates:
             self.parameters.snapshot()
         if self.step_index % self.config.flush_every == 0:
             self.flush()
+
+    def _record_optimizer_state(self) -> None:
+        acc, optimizer = self.state.acc, self.optimizer
+        if optimizer is None:
+            return
+        acc.add_host("", r.STEP_SKIPPED, 0.0 if self.state.optimizer_stepped else 1.0)
+        lr = optimizer.param_groups[0].get("lr")
+        if isinstance(lr, torch.Tensor):
+            acc.add("", r.LR + DEVICE_SUFFIX, lr.detach().double().reshape(()), "same")
+        elif lr is not None:
+            acc.add_host("", r.LR, float(lr))
+        scaler = self.scaler
+        if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
+            scale = getattr(scaler, "_scale", None)  # a device tensor: reading it would sync
+            if isinstance(scale, torch.Tensor):
+                acc.add(
+                    "", r.AMP_SCALE + DEVICE_SUFFIX, scale.detach().double().reshape(()), "same"
+                )
+
+    def _check_compiled_graph(self) -> None:
+        s = self.state
+        if not self.compiled or self._warned_stale_graph or not s.due.forward or s.lint:
+            return
+        if (s.optimizer_stepped or self.optimizer is None) and not s.seen_layers:
+            warnings.warn(STALE_GRAPH_WARNING, UserWarning, stacklevel=3)
+            self._warned_stale_graph = True
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[EvaluationPhase]:
         """Mark a validation phase: nothing is measured inside, BatchNorm misuse is checked,
         and losses given to ``phase.add_loss(loss)`` become run-level ``eval_loss``."""
         phase = EvaluationPhase()
-        previous, self._evaluating = self._evaluating, True
+        previous, self.state.evaluating = self.state.evaluating, True
         try:
             yield phase
         finally:
-            self._evaluating = previous
+            self.state.evaluating = previous
         if phase.count:  # recorded at the last finished optimiser step
             mean, extra = phase.total / phase.count, StepAccumulator()
             if isinstance(mean, torch.Tensor):
-                extra.add("", "eval_loss_device", mean.reshape(()), "mean")
+                extra.add("", r.EVAL_LOSS + DEVICE_SUFFIX, mean.reshape(()), "mean")
             else:
-                extra.add_host("", "eval_loss", mean)
+                extra.add_host("", r.EVAL_LOSS, mean)
             self._records.append(extra.close(max(self.step_index - 1, 0)))
 
     # ----------------------------------------------------------------------------- flushing
     def flush(self) -> list[StepMetrics]:
         """Copy the pending steps to the host (one transfer), diagnose them and write them to
-        the store. Returns their metrics."""
+        the sinks. Returns their metrics. A collective under torch.distributed."""
         if self._batchnorms and self.step_index > 0:
             check = StepAccumulator()
-            for name, flag in running_nonfinite_flags(self._batchnorms):
-                check.add(name, "bn_running_nonfinite", flag, "max")
+            for name, flag in bn_running_nonfinite(self._batchnorms):
+                check.add(name, BN_RUNNING_NONFINITE, flag, "max")
             record = check.close(self.step_index - 1)
             if record is not None:
                 self._records.append(record)
         records, self._records = self._records, []
-        window = _merge_by_step(
-            [derive(values, self.parameters.numel, self._bn_eps) for values in gather(records)]
-        )
+        window = _merge_by_step([derive(values, self._bn_eps) for values in gather(records)])
+        self._diagnoser.observations(self.state.take_observations())
         for metrics in window:
             self._diagnoser.observe(metrics)
         self._diagnoser.observe_window(window)
-        self._check_buffer_divergence()
+        spreads = self._buffer_spreads()
+        if spreads:
+            self._diagnoser.buffer_divergence(spreads, self.step_index - 1)
         self.history.extend(window)
-        if self._writer is not None:
-            self._writer.write(window, self.findings.take_unsaved())
+        if self._store is not None:
+            self._store.write(window, self.findings.take_unsaved())
         if self._tensorboard is not None:
             self._tensorboard.write(window)
         return window
 
-    def _check_buffer_divergence(self) -> None:
+    def _buffer_spreads(self) -> dict[str, float]:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return
+            return {}
         if not self._batchnorms:
-            return
-        try:
-            from vitalstats.nn import check_buffer_divergence
-        except ImportError:  # older vitalstats.nn without the check
-            return
-        limit = self.config.thresholds.bn_buffer_divergence
-        for name, spread in check_buffer_divergence(self.inner).items():
-            if spread > limit:
-                self.findings.add(
-                    make_finding(
-                        "BN_BUFFER_DIVERGENCE",
-                        name,
-                        self.step_index - 1,
-                        f"running statistics differ across ranks by {spread:.3g} (max of mean "
-                        f"spread in running stds and log variance ratio; threshold {limit}).",
-                        "keep DDP's broadcast_buffers=True, use SyncBatchNorm, or all-reduce the "
-                        "buffers (vs.nn) before evaluating or saving.",
-                    )
-                )
+            return {}
+        from vitalstats.nn import check_buffer_divergence
+
+        return dict(check_buffer_divergence(self.inner))
 
     def diagnose(self) -> list[Finding]:
-        """Flush, then every finding so far (first occurrence per code and layer)."""
+        """Flush, then the run's story: root causes first, each with the findings it
+        explains attached (``Finding.consequences``), one finding per code listing every
+        layer it was seen on (``Finding.layers``). ``monitor.findings.all()`` has the raw
+        ones (first occurrence per code and layer)."""
         self.flush()
-        return self.findings.all()
+        return story(self.findings.all())
 
-    def report(self, path: str | Path) -> Path | None:
-        """Write the HTML report of this run (needs a store).
+    @property
+    def store_path(self) -> Path | None:
+        """The run store's file (None without a store, and on ranks other than 0)."""
+        return None if self._store is None else self._store.path
 
-        Under torch.distributed this flushes (a collective), so call it on every rank: rank 0
-        writes the report and returns its path, the other ranks return None."""
-        import torch.distributed as dist
+    @property
+    def run_id(self) -> int | None:
+        return None if self._store is None else self._store.run_id
 
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
-            self.flush()
-            return None
-        if self._writer is None or self._writer.store is None:
-            raise RuntimeError(
-                "Monitor.report: this monitor has no run store; create it with "
-                "vs.Monitor(model, optimizer=opt, store='runs/exp.sqlite') to make reports"
-            )
-        self.flush()
-        self._writer.store.flush()
-        from vitalstats.report import write_report
-
-        return write_report(self._writer.path, path, run=self._writer.run_id)
+    def sync_store(self) -> None:
+        """Wait until every flushed row is committed to the store (readers then see it)."""
+        if self._store is not None:
+            self._store.store.flush()
 
     def close(self, status: str = "finished") -> None:
         """Flush, end the run in the store, remove the hooks."""
         try:
-            if self._records or self._acc._values:
+            if self._records or self.state.acc:
                 self.flush()
-            if self._writer is not None:
-                self._writer.close(status)
-                self._writer = None
+            if self._store is not None:
+                self._store.close(status)
+                self._store = None
         finally:
             if self._tensorboard is not None:
                 self._tensorboard.close()

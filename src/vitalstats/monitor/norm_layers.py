@@ -1,8 +1,16 @@
-"""BatchNorm probes: batch statistics against running statistics, and misuse checks.
+"""BatchNorm probes: batch statistics against running statistics, and Python-state checks.
 
-Runtime checks read only Python state (``module.training``, ``requires_grad``, shapes), so
-they cost nothing on the device. The drift probe records per-channel batch moments and the
-running statistics from *before* the batch updated them (what inference would have used).
+The state checks read only Python attributes (``module.training``, ``requires_grad``,
+shapes), so they cost nothing on the device. The drift probe compares the batch statistics
+of a training forward with the running statistics from *before* that batch updated them
+(what inference would have used). It costs no pass over the input:
+
+* vitalstats' BatchNorm publishes ``batch_mean`` / ``batch_var`` (biased);
+* torch's BatchNorm updates ``running = (1 - m) running + m * batch`` (unbiased variance,
+  ``m`` = momentum, or 1 / num_batches_tracked when momentum is None), so the batch
+  statistics are recovered exactly from the buffers before and after the forward:
+  ``batch = (running_after - (1 - m) running_before) / m``, with about ``ulp / m`` rounding;
+* without running buffers (or with momentum 0) they are summarised from the input.
 """
 
 from __future__ import annotations
@@ -10,7 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitalstats.monitor.recorder import Entry, raw_moments
+from vitalstats.monitor.recorder import Entry
+from vitalstats.stats.batch import batch_moments
+
+BN_RUNNING_MEAN, BN_RUNNING_VAR = "bn_running_mean", "bn_running_var"  # (C,) before the batch
+BN_BATCH = "bn_batch"  # (C, 6) per-channel summaries of the batch
+BN_RUNNING_NONFINITE = "bn_running_nonfinite"
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -21,6 +34,10 @@ def is_batchnorm(module: nn.Module) -> bool:
         cls.__name__ == "_BatchNorm" and cls.__module__.startswith("vitalstats")
         for cls in type(module).__mro__
     )
+
+
+def is_dropout(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
 
 
 def values_per_channel(module: nn.Module, x: torch.Tensor) -> int:
@@ -59,32 +76,51 @@ def running_snapshot(module: nn.Module) -> list[Entry]:
     if module.running_mean is None or module.running_var is None:
         return []
     return [
-        ("bn_running_mean", module.running_mean.detach().clone(), "same"),
-        ("bn_running_var", module.running_var.detach().clone(), "same"),
+        (BN_RUNNING_MEAN, module.running_mean.detach().clone(), "same"),
+        (BN_RUNNING_VAR, module.running_var.detach().clone(), "same"),
     ]
 
 
-def batch_moments_from_input(x: torch.Tensor) -> torch.Tensor:
-    """(6, C) raw per-channel count, sum and sum of squares of a (N, C, *) input (dims all
-    but 1); min/max/non-finite are not needed for the drift."""
-    dims = tuple(d for d in range(x.dim()) if d != 1)
-    return raw_moments(x.detach(), dims, extremes=False)
+def _update_weight(module: nn.Module) -> float | torch.Tensor | None:
+    """The factor m of the running update just made: momentum, or 1 / num_batches_tracked
+    (a device tensor, already incremented by the forward) for a cumulative average."""
+    if module.momentum is not None:
+        return float(module.momentum) if module.momentum > 0 else None
+    tracked = getattr(module, "num_batches_tracked", None)
+    return None if tracked is None else 1.0 / tracked.to(torch.float64)
 
 
-def batch_moments_from_attributes(module: nn.Module, count: int) -> torch.Tensor | None:
-    """(6, C) raw moments rebuilt from a vitalstats BatchNorm's ``batch_mean``/``batch_var``
-    (biased): sum = n mean, sum of squares = n (var + mean^2). Min/max are not known."""
-    mean, var = getattr(module, "batch_mean", None), getattr(module, "batch_var", None)
-    if mean is None or var is None:
+def batch_summaries(
+    module: nn.Module, x: torch.Tensor, before: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor | None:
+    """(C, 6) per-channel summaries [count, mean, M2, ...] of the batch a training forward
+    normalised with (see the module docstring); None when they cannot be known."""
+    n = values_per_channel(module, x)
+    if n == 0:
         return None
-    mean, var = mean.detach().double(), var.detach().double()
-    n = torch.full_like(mean, float(count))
+    mean = module.__dict__.get("batch_mean")
+    var = module.__dict__.get("batch_var")  # vitalstats: biased batch variance
+    if mean is not None and var is not None:
+        mean, m2 = mean.detach().double(), var.detach().double() * n
+    elif before is not None and _update_weight(module) is not None:
+        m = _update_weight(module)
+        keep = 1.0 - m
+        mean = (module.running_mean.detach().double() - keep * before[0].double()) / m
+        unbiased = (module.running_var.detach().double() - keep * before[1].double()) / m
+        m2 = unbiased * max(n - 1, 0)
+    else:  # no running update to invert: summarise the input
+        dims = tuple(d for d in range(x.dim()) if d != 1)
+        moments = batch_moments(x.detach(), dims, exclude_nonfinite=False)
+        mean, m2 = moments.mean, moments.m2
+    count = torch.full_like(mean, float(n))
     inf = torch.full_like(mean, float("inf"))
-    return torch.stack([n, n * mean, n * (var + mean * mean), inf, -inf, torch.zeros_like(mean)])
+    return torch.stack([count, mean, m2, inf, -inf, torch.zeros_like(mean)], -1)
 
 
 @torch.no_grad()
-def running_nonfinite_flags(modules: list[tuple[str, nn.Module]]) -> list[Entry]:
+def running_nonfinite_flags(
+    modules: list[tuple[str, nn.Module]],
+) -> list[tuple[str, torch.Tensor]]:
     """Per BatchNorm 1.0 when running_mean/running_var hold NaN/Inf (flush-time check)."""
     out = []
     for name, module in modules:

@@ -1,17 +1,104 @@
 """Probes on parameters: gradients, weights, the applied update, Adam-family moments.
 
-All per-parameter reductions are batched: one fused ``torch._foreach_norm`` over every
-gradient (and every weight), per-tensor sums for the means; nothing leaves the device. The
-entries use the rule ``same``: under DDP the gradients (and so the weights and optimiser
-state) are identical on every rank, so rank 0's values are the run's.
+Every statistic of a tensor is one packed summary (``vitalstats.stats.summarize``: count,
+mean, centred M2, min, max), so all parameters of a kind are recorded as one ``(P, 6)``
+tensor per step; Adam's statistics are ``vs.optim.moment_sums`` rows. Nothing leaves the
+device.
+
+Sharding. Parameters are grouped by how their values are laid out across ranks:
+
+* plain tensors, and DTensors replicated on every mesh dim (DDP, FSDP2's ignored params):
+  every rank holds the same values, so the local ones are the run's (rule ``same``);
+* DTensors sharded on some mesh dims (FSDP2's ``fully_shard``, ``Shard(0)``): each rank
+  measures its local shard and the shards' summaries are merged exactly across the shard
+  group at flush (Chan's formula for the moments, sums for Adam's sums): never a gather of
+  the full tensor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
-from vitalstats.monitor.recorder import StepAccumulator, value_range
+from vitalstats.monitor.recorder import Rule, StepAccumulator
+from vitalstats.optim.moment_stats import adam_entries, moment_sums
+from vitalstats.stats.summary import empty_summary, summarize
+
+# Raw fields, one packed tensor per parameter group and step (metrics.py names them).
+GRAD = "grad"  # (P, 6) summaries of the gradients (min/max give max |g|)
+GRAD_SQ = "grad_sq"  # (P,) squared L2 norms (the cheap grad_norm-only schedule)
+WEIGHT = "weight"  # (P, 6) summaries of the parameters before the step (no extremes)
+UPDATE = "update"  # (P, 6) summaries of w_after - w_before (no extremes)
+ADAM = "adam"  # (P', 5) vs.optim.moment_sums rows, P' = parameters with Adam state
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def local_view(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (this rank's elements); any other tensor as it is."""
+    dtensor = _dtensor_type()
+    if dtensor is not None and isinstance(t, dtensor):
+        return t.to_local()
+    return t
+
+
+def shard_groups(p: torch.Tensor) -> tuple[Any, ...]:
+    """The process groups a DTensor is sharded over (one per sharded mesh dim); () for a
+    tensor whose values every rank holds in full."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not isinstance(p, dtensor):
+        return ()
+    mesh = p.device_mesh
+    return tuple(
+        mesh.get_group(dim) for dim, placement in enumerate(p.placements) if placement.is_shard()
+    )
+
+
+@dataclass
+class ParameterGroup:
+    """Parameters that share one layout across ranks (see the module docstring)."""
+
+    index: int
+    names: list[str]
+    params: list[torch.Tensor]
+    groups: tuple[Any, ...]  # () = identical on every rank
+    numel: list[int] = field(default_factory=list)  # global element counts
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.groups)
+
+    def rule(self, sharded_rule: Rule) -> Rule:
+        return sharded_rule if self.sharded else "same"
+
+    @property
+    def reduce_over(self) -> Any:
+        """What the recorder reduces over: the one shard group, or a tuple of them."""
+        if not self.groups:
+            return None
+        return self.groups[0] if len(self.groups) == 1 else self.groups
+
+
+def field_name(kind: str, group: ParameterGroup) -> str:
+    return kind if group.index == 0 else f"{kind}:{group.index}"
+
+
+def parse_field(name: str) -> tuple[str, int] | None:
+    """(kind, group index) of a parameter field name, None for other fields."""
+    kind, _, index = name.partition(":")
+    if kind not in (GRAD, GRAD_SQ, WEIGHT, UPDATE, ADAM):
+        return None
+    return kind, int(index or 0)
 
 
 class ParameterProbe:
@@ -20,128 +107,140 @@ class ParameterProbe:
     def __init__(self, named_parameters: list[tuple[str, nn.Parameter]]) -> None:
         self.named = named_parameters
         self.numel = {name: p.numel() for name, p in named_parameters}
-        self._buffers: dict[str, list[torch.Tensor]] = {}
+        by_layout: dict[tuple[int, ...], ParameterGroup] = {}
+        for name, p in named_parameters:
+            groups = shard_groups(p)
+            key = tuple(id(g) for g in groups)
+            if key not in by_layout:
+                by_layout[key] = ParameterGroup(len(by_layout), [], [], groups)
+            group = by_layout[key]
+            group.names.append(name)
+            group.params.append(p)
+            group.numel.append(p.numel())
+        self.groups = sorted(by_layout.values(), key=lambda g: g.index)
+        self.group_of = {name: g for g in self.groups for name in g.names}
+        self._buffers: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._scratch: dict[tuple[int, int], torch.Tensor] = {}
         self._has_snapshot = False
 
-    def _with_grads(self) -> tuple[list[str], list[torch.Tensor]]:
-        names, grads = [], []
-        for name, p in self.named:
-            g = p.grad
-            if g is not None and not g.is_sparse and g.numel():
-                names.append(name)
-                grads.append(g.detach())
-        return names, grads
+    # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _locals(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return [None if t is None else local_view(t.detach()) for t in tensors]
 
+    def _grads(self, group: ParameterGroup) -> list[torch.Tensor | None]:
+        grads = []
+        for p in group.params:
+            g = p.grad
+            grads.append(None if g is None or g.is_sparse else g)
+        return self._locals(grads)
+
+    def _workspace(self, slot: str, group: ParameterGroup) -> list[torch.Tensor]:
+        """One persistent buffer per parameter: a fresh multi-megabyte CPU tensor each step
+        would be served by mmap and page-fault on first touch, costing more than the maths."""
+        key = (slot, group.index)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            buffers = [
+                torch.empty_like(local_view(p.detach()), memory_format=torch.contiguous_format)
+                for p in group.params
+            ]
+            self._buffers[key] = buffers
+        return buffers
+
+    @staticmethod
+    def _summaries(tensors: list[torch.Tensor | None], extremes: bool) -> torch.Tensor:
+        rows = [
+            empty_summary(device=next(t.device for t in tensors if t is not None))
+            if t is None
+            else summarize(t, extremes=extremes)
+            for t in tensors
+        ]
+        return torch.stack(rows)
+
+    # ----------------------------------------------------------------------------- probes
     @torch.no_grad()
     def gradients(self, acc: StepAccumulator, full: bool) -> None:
-        """L2 norm of every gradient (one fused call); with ``full`` also the sum (for the
-        mean and std) and max |g|."""
-        names, grads = self._with_grads()
-        if not grads:
-            return
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # bf16 norms: 3 digits
-        for name, norm in zip(names, norms):
-            acc.add(name, "grad_norm", norm, "same")
-        if full:
-            for name, g in zip(names, grads):
-                low, high = value_range(g)
-                acc.add(name, "grad_sum", g.sum(dtype=torch.float32), "same")
-                acc.add(name, "grad_max_abs", torch.maximum(-low, high), "same")
+        """Squared L2 norm of every gradient (one fused call), or with ``full`` its whole
+        summary (mean, std, max |g|; the norm is sqrt(M2 + n mean^2))."""
+        for group in self.groups:
+            grads = self._grads(group)
+            present = [g for g in grads if g is not None]
+            if not present:
+                continue
+            if full:
+                summaries = self._summaries(grads, extremes=True)
+                summaries[:, 5] = 0.0  # a non-finite gradient shows in its norm
+                acc.add("", field_name(GRAD, group), summaries, group.rule("summary"),
+                        group.reduce_over, tuple(group.names))  # fmt: skip
+            else:
+                norms = torch._foreach_norm(present, 2, dtype=torch.float32)  # bf16: 3 digits
+                squares = iter(n.double().square() for n in norms)
+                zero = torch.zeros((), dtype=torch.float64, device=present[0].device)
+                packed = torch.stack([zero if g is None else next(squares) for g in grads])
+                acc.add("", field_name(GRAD_SQ, group), packed, group.rule("sum"),
+                        group.reduce_over, tuple(group.names))  # fmt: skip
 
     @torch.no_grad()
     def weights(self, acc: StepAccumulator) -> None:
-        """Sum and sum of squares of every parameter (its std at flush)."""
-        params = [p.detach() for _, p in self.named if p.numel()]
-        names = [name for name, p in self.named if p.numel()]
-        norms = torch._foreach_norm(params, 2, dtype=torch.float32)
-        for name, p, norm in zip(names, params, norms):
-            acc.add(name, "weight_sum", p.sum(dtype=torch.float32), "same")
-            acc.add(name, "weight_sumsq", norm.square(), "same")
-
-    def _workspace(self, slot: str) -> list[torch.Tensor]:
-        """One persistent buffer per parameter: a fresh multi-megabyte CPU tensor each step
-        would be served by mmap and page-fault on first touch, costing more than the maths."""
-        buffers = self._buffers.get(slot)
-        if buffers is None:
-            buffers = [
-                torch.empty_like(p, memory_format=torch.contiguous_format) for _, p in self.named
-            ]
-            self._buffers[slot] = buffers
-        return buffers
+        """Summary (mean, centred M2) of every parameter before the step."""
+        for group in self.groups:
+            summaries = self._summaries(self._locals(group.params), extremes=False)
+            acc.add("", field_name(WEIGHT, group), summaries, group.rule("summary"),
+                    group.reduce_over, tuple(group.names))  # fmt: skip
 
     @torch.no_grad()
     def snapshot(self) -> None:
         """Copy the parameters before the optimiser step (for the update:data ratio)."""
-        before = self._workspace("before")
-        torch._foreach_copy_(before, [p.detach() for _, p in self.named])
+        for group in self.groups:
+            before = self._workspace("before", group)
+            torch._foreach_copy_(before, self._locals(group.params))
         self._has_snapshot = True
 
     @property
     def has_snapshot(self) -> bool:
         return self._has_snapshot
 
-    def drop_snapshot(self) -> None:
-        self._has_snapshot = False
-
     @torch.no_grad()
     def updates(self, acc: StepAccumulator) -> None:
-        """Sum and sum of squares of update = w_after - w_before (its std at flush)."""
+        """Summary of update = w_after - w_before for every parameter."""
         if not self._has_snapshot:
             return
         self._has_snapshot = False
-        diffs = self._workspace("before")
-        torch._foreach_sub_(diffs, [p.detach() for _, p in self.named])  # w_before - w_after
-        norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
-        for (name, _), diff, norm in zip(self.named, diffs, norms):
-            acc.add(name, "update_sum", -diff.sum(dtype=torch.float32), "same")
-            acc.add(name, "update_sumsq", norm.square(), "same")
+        for group in self.groups:
+            diffs = self._workspace("before", group)
+            torch._foreach_sub_(diffs, self._locals(group.params))  # w_before - w_after
+            summaries = self._summaries(diffs, extremes=False)
+            summaries[:, 1] = -summaries[:, 1]  # the update is minus the difference
+            acc.add("", field_name(UPDATE, group), summaries, group.rule("summary"),
+                    group.reduce_over, tuple(group.names))  # fmt: skip
 
     @torch.no_grad()
     def optimizer_moments(self, optimizer: torch.optim.Optimizer, acc: StepAccumulator) -> None:
-        """Adam-family moments from ``optimizer.state`` (``exp_avg``, ``exp_avg_sq``, ``step``)
-        with Adam's bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t:
-
-            adam_m_hat_abs_mean  = mean |m| / c1
-            adam_sqrt_v_hat_mean = mean sqrt(v) / sqrt(c2)
-            adam_step_rms        = rms( lr * (m / c1) / (sqrt(v) / sqrt(c2) + eps) )
-
-        the definitions of ``vs.optim.moment_stats`` (parameter units; ``v`` is AMSGrad's
-        ``max_exp_avg_sq`` when the group has ``amsgrad``), computed here in scratch buffers.
-        """
-        index = {id(p): i for i, (_, p) in enumerate(self.named)}
-        scratch = self._workspace("optimizer")
-        for group in optimizer.param_groups:
-            betas, eps = group.get("betas"), group.get("eps")
-            if not isinstance(betas, (tuple, list)) or eps is None:
+        """Adam-family statistics through ``vs.optim.moment_sums`` on the local shards (any
+        optimizer whose groups have ``betas`` and ``eps`` and whose state has ``exp_avg``,
+        ``exp_avg_sq`` and ``step``); other optimizers are skipped."""
+        if not all("betas" in g and "eps" in g for g in optimizer.param_groups):
+            return
+        watched = {id(p): name for name, p in self.named}
+        entries = [e for e in adam_entries(optimizer) if id(e.param) in watched]
+        for group in self.groups:
+            members = {id(p) for p in group.params}
+            mine = [e for e in entries if id(e.param) in members]
+            if not mine:
                 continue
-            beta1, beta2 = float(betas[0]), float(betas[1])
-            lr, amsgrad = group.get("lr", 1.0), bool(group.get("amsgrad", False))
-            for p in group["params"]:
-                state = optimizer.state.get(p)
-                i = index.get(id(p))
-                if i is None or not state or not p.numel():
-                    continue
-                m, v, step = state.get("exp_avg"), state.get("exp_avg_sq"), state.get("step")
-                if amsgrad and state.get("max_exp_avg_sq") is not None:
-                    v = state["max_exp_avg_sq"]
-                if m is None or v is None or step is None or m.shape != p.shape:
-                    continue
-                if isinstance(step, torch.Tensor) and step.device.type == "cpu":
-                    step = float(step)  # torch keeps `step` on the CPU unless capturable/fused
-                c1, sqrt_c2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
-                name, n, work = self.named[i][0], p.numel(), scratch[i]
-                torch.abs(m, out=work)
-                acc.add(
-                    name, "adam_m_hat_abs_mean", work.sum(dtype=torch.float32) / (n * c1), "same"
-                )
-                torch.sqrt(v, out=work)
-                mean_sqrt_v = work.sum(dtype=torch.float32) / (n * sqrt_c2)
-                acc.add(name, "adam_sqrt_v_hat_mean", mean_sqrt_v, "same")
-                # m_hat / (sqrt(v) / sqrt_c2 + eps) = (sqrt_c2 / c1) * m / (sqrt(v) + eps sqrt_c2)
-                work.add_(float(eps) * sqrt_c2)
-                torch.div(m, work, out=work)
-                rms = torch.linalg.vector_norm(work, dtype=torch.float32) * (
-                    sqrt_c2 / (n**0.5 * c1)
-                )
-                rms = rms * (lr.to(rms.device) if isinstance(lr, torch.Tensor) else lr)
-                acc.add(name, "adam_step_rms", rms, "same")
+            workspace = self._adam_workspace(group)
+            sums = moment_sums(mine, local=local_view, workspace=workspace)
+            acc.add("", field_name(ADAM, group), sums, group.rule("sum"), group.reduce_over,
+                    tuple(watched[id(e.param)] for e in mine))  # fmt: skip
+
+    def _adam_workspace(self, group: ParameterGroup) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        def buffer(index: int, like: torch.Tensor) -> torch.Tensor:
+            key = (group.index, index)
+            found = self._scratch.get(key)
+            if found is None or found.shape != like.shape or found.dtype != like.dtype:
+                found = torch.empty_like(like, memory_format=torch.contiguous_format)
+                self._scratch[key] = found
+            return found
+
+        return buffer

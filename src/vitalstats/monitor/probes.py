@@ -1,40 +1,64 @@
-"""Probes on layer outputs: what is measured on activations and output gradients.
+"""Probes on layer inputs and outputs: what is measured on activations and output gradients.
 
 Each function takes a detached tensor and returns ``(field, value, rule)`` entries for the
-``StepAccumulator`` (see ``recorder``): device tensors only, never a host sync. The monitor's
-hooks decide *when* they run; ``metrics`` turns the flushed sums into named metrics.
+``StepAccumulator`` (see ``recorder``): device tensors only, never a host read, no
+data-dependent Python branch (so they trace into a ``torch.compile`` graph unbroken). The
+hooks decide *when* they run; ``metrics`` turns the flushed values into named metrics.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
-from vitalstats.monitor.recorder import Entry, raw_moments
-from vitalstats.stats.workspace import scratch
+from vitalstats.monitor.recorder import Entry
+from vitalstats.stats.summary import summarize
+from vitalstats.stats.workspace import work_like
 
 _RELU_FAMILY = (nn.ReLU, nn.ReLU6)  # outputs >= 0 and exactly 0 for negative input
 _TANH_LIKE = (nn.Tanh, nn.Hardtanh, nn.Softsign)  # saturate at +-1
 _SIGMOID_LIKE = (nn.Sigmoid, nn.Hardsigmoid)  # saturate at 0 and 1
 _WEIGHTED = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding)
+_WEIGHTED_NAMES = ("Conv1D",)  # transformers.pytorch_utils.Conv1D (GPT-2): a Linear, transposed
+_EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
 
+# Raw fields the probes record (metrics.py turns them into the registry's metrics).
+ACT = "act"  # (6,) summary of the output
+ACT_SATURATED = "act_saturated"  # count of values in the flat tails
+ACT_ALIVE = "act_alive"  # (units,) 1.0 where a ReLU unit was positive somewhere in the step
+OUT_GRAD = "out_grad"  # (6,) summary of d loss / d output
+NONFINITE = "nonfinite"  # float32 sum of the output: NaN/Inf iff the output holds NaN/Inf
+ACT_HIST, GRAD_HIST = "act_hist", "grad_hist"
+INPUT_SAMPLE_SUMS = "input_sample_sums"  # per-sample sums of the model input
+INPUT_SUM = "input_sum"
+INPUT_FEATURES = "input_features"  # (F, 6) per-feature summaries of the model input
 
 # Layers that cannot turn finite input into NaN/Inf: the per-step NaN sentinel skips them
 # (a NaN passing through one is caught at the layer that created it or the next checked one).
 _CANNOT_CREATE_NONFINITE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid,
-    nn.Softsign, nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
+    nn.Hardsigmoid, nn.Hardswish, nn.Softsign, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU,
+    nn.SELU, nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd,
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
 )  # fmt: skip
 
 
 def can_create_nonfinite(module: nn.Module) -> bool:
-    """False for elementwise-bounded, pooling and reshaping layers (finite in -> finite out)."""
+    """False for bounded or finite-preserving elementwise layers, pooling and reshaping
+    (finite in -> finite out)."""
     return not isinstance(module, _CANNOT_CREATE_NONFINITE)
+
+
+def is_weighted(module: nn.Module) -> bool:
+    """Linear/Conv/Bilinear/Embedding-like layers (and transformers' Conv1D)."""
+    return isinstance(module, _WEIGHTED) or type(module).__name__ in _WEIGHTED_NAMES
+
+
+def is_embedding(module: nn.Module) -> bool:
+    return isinstance(module, _EMBEDDING)
 
 
 def layer_kind(module: nn.Module) -> str:
@@ -45,13 +69,14 @@ def layer_kind(module: nn.Module) -> str:
         return "tanh"
     if isinstance(module, _SIGMOID_LIKE):
         return "sigmoid"
-    if isinstance(module, _WEIGHTED):
+    if is_weighted(module):
         return "weighted"
     return "other"
 
 
 def first_tensor(value: object) -> torch.Tensor | None:
-    """The first floating-point tensor in a module output (tensor, tuple/list or dict)."""
+    """The first floating-point tensor in a module output (tensor, tuple/list, dict, or an
+    object with a ``to_tuple()`` such as transformers' ``ModelOutput``)."""
     if isinstance(value, torch.Tensor):
         return value if value.is_floating_point() else None
     if isinstance(value, (tuple, list)):
@@ -75,28 +100,56 @@ def nonfinite_sentinel(y: torch.Tensor) -> torch.Tensor:
 
 
 def activation_entries(y: torch.Tensor, kind: str, unit_dim: int, level: float) -> list[Entry]:
-    """Moments of the output; saturated count (tanh-like |y| > level, sigmoid-like
+    """Summary of the output; saturated count (tanh-like |y| > level, sigmoid-like
     |2y - 1| > level, the same cut in tanh units since sigmoid(x) = (1 + tanh(x/2)) / 2);
-    per-unit 'alive' flags (ReLU family: a unit is dead when zero for the whole batch)."""
-    entries: list[Entry] = [("act", raw_moments(y), "moments")]
+    per-unit 'alive' flags (ReLU family: a unit is dead when zero for the whole step)."""
+    entries: list[Entry] = [(ACT, summarize(y), "summary")]
     if kind in ("tanh", "sigmoid"):
-        work = scratch("monitor.saturation", y.shape, y.dtype, y.device)  # no page faults
+        work = work_like(y, y.dtype, "monitor.saturation")  # no page faults on CPU
         if kind == "tanh":
             torch.abs(y, out=work)
         else:
             torch.sub(y, 0.5, out=work).abs_().mul_(2.0)
         saturated = work.gt_(level).sum(dtype=torch.float64)
-        entries.append(("act_saturated", saturated, "sum"))
+        entries.append((ACT_SATURATED, saturated, "sum"))
     elif kind == "relu" and y.dim() >= 2:
         other_dims = tuple(d for d in range(y.dim()) if d != unit_dim % y.dim())
         alive = (y.amax(dim=other_dims) > 0).to(torch.float32)
-        entries.append(("act_alive", alive, "max"))
+        entries.append((ACT_ALIVE, alive, "max"))
     return entries
 
 
 def output_grad_entries(grad: torch.Tensor) -> list[Entry]:
-    """Moments of the gradient of the loss w.r.t. a layer's output (its std is reported)."""
-    return [("out_grad", raw_moments(grad, extremes=False), "moments")]
+    """Summary of the gradient of the loss w.r.t. a layer's output (its std is reported)."""
+    return [(OUT_GRAD, summarize(grad, extremes=False), "summary")]
+
+
+def input_feature_entries(x: torch.Tensor) -> list[Entry]:
+    """Per-feature summaries ``(F, 6)`` of a floating model input: features are the columns
+    of an (N, F) input, the last dim of an (N, L, F) sequence and the channels of an
+    (N, C, *spatial) image (values pooled over samples and positions)."""
+    if x.dim() == 2:
+        columns = x
+    elif x.dim() == 3:
+        columns = x.reshape(-1, x.shape[-1])
+    else:
+        columns = x.transpose(0, 1).reshape(x.shape[1], -1).T
+    return [(INPUT_FEATURES, _column_summaries(columns), "summary")]
+
+
+def _column_summaries(columns: torch.Tensor) -> torch.Tensor:
+    """``(F, 6)`` summaries of the columns of an (n, F) matrix: count, mean, centred M2,
+    min, max and NaN/Inf count per column."""
+    x = columns.detach().to(torch.promote_types(columns.dtype, torch.float32))
+    n = x.shape[0]
+    shift = x.sum(0) / max(n, 1)
+    centred = x - shift
+    residual = centred.sum(0).double()
+    mean = shift.double() + residual / max(n, 1)
+    m2 = (centred.square().sum(0).double() - residual.square() / max(n, 1)).clamp(min=0.0)
+    nonfinite = (x * 0).isnan().sum(0).double()
+    count = torch.full_like(mean, float(n))
+    return torch.stack([count, mean, m2, x.amin(0).double(), x.amax(0).double(), nonfinite], -1)
 
 
 def strided_sample(x: torch.Tensor, max_values: int | None) -> torch.Tensor:
@@ -132,14 +185,16 @@ def histogram_edges(bins: int, value_range: tuple[float, float]) -> torch.Tensor
     return torch.linspace(value_range[0], value_range[1], bins + 1, dtype=torch.float64)
 
 
-def metric_histogram_edges(config: Any) -> dict[str, Any]:
+def metric_histogram_edges(config: object) -> dict[str, object]:
     """numpy edges of the monitor's two histogram metrics: ``act_hist`` over activation
     values, ``grad_hist`` over log10 |gradient|."""
     return {
-        "act_hist": histogram_edges(
-            config.histogram_bins, config.activation_histogram_range
+        ACT_HIST: histogram_edges(
+            config.histogram_bins,  # type: ignore[attr-defined]
+            config.activation_histogram_range,  # type: ignore[attr-defined]
         ).numpy(),
-        "grad_hist": histogram_edges(
-            config.histogram_bins, config.gradient_histogram_log10_range
+        GRAD_HIST: histogram_edges(
+            config.histogram_bins,  # type: ignore[attr-defined]
+            config.gradient_histogram_log10_range,  # type: ignore[attr-defined]
         ).numpy(),
     }

@@ -11,12 +11,13 @@ from torch import nn
 Patterns = str | Sequence[str] | None
 ROOT_LAYER_NAME = "model"  # layer name of a model that is itself one leaf module ("" = run)
 
-COMPILED_WARNING = (
-    "vs.Monitor: this model was compiled with torch.compile; forward hooks added after "
-    "compilation are silently ignored by torch, so activation, output-gradient and BatchNorm "
-    "statistics would be missing. Attach before compiling: `mon = vs.Monitor(model, "
-    "optimizer=opt); model = torch.compile(model)`. Loss, gradient, weight, update and "
-    "optimizer statistics still work on the compiled model."
+
+FSDP1_ERROR = (
+    "vs.Monitor: this model is wrapped in FullyShardedDataParallel (FSDP1), which flattens "
+    "its parameters into FlatParameters, so per-parameter statistics and the names users see "
+    "are gone. Use FSDP2 instead: `from torch.distributed.fsdp import fully_shard; "
+    "fully_shard(layer) for each block, then fully_shard(model)`; vs.Monitor measures its "
+    "DTensor shards and merges them exactly across ranks."
 )
 
 
@@ -24,15 +25,27 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """(the module whose submodules carry the names users see, was it torch.compile'd).
 
     ``torch.compile`` wraps in ``OptimizedModule`` (``._orig_mod``); DDP and DataParallel
-    wrap in ``.module``. Names are those of the inner model (``net.0.weight``)."""
+    wrap in ``.module``. Names are those of the inner model (``net.0.weight``). FSDP2
+    (``fully_shard``) keeps the module tree and names, so it needs no unwrapping; FSDP1 gets
+    a TypeError naming FSDP2."""
     compiled = False
     while True:
         if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             model, compiled = model._orig_mod, True
         elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
+        elif _is_fsdp1(model):
+            raise TypeError(FSDP1_ERROR)
         else:
             return model, compiled
+
+
+def _is_fsdp1(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # torch built without distributed
+        return False
+    return any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
 
 
 def _as_patterns(patterns: Patterns) -> tuple[str, ...]:

@@ -20,19 +20,32 @@ from vitalstats.optim.functional import (
     adam_single_tensor,
 )
 from vitalstats.optim.grad_stats import GradStats, grad_stats
-from vitalstats.optim.moment_stats import MomentStats, moment_stats
+from vitalstats.optim.moment_stats import (
+    MOMENT_SUM_FIELDS,
+    AdamEntry,
+    MomentStats,
+    adam_entries,
+    moment_stats,
+    moment_sums,
+    stats_from_sums,
+)
 
 __all__ = [
+    "MOMENT_SUM_FIELDS",
     "Adam",
+    "AdamEntry",
     "AdamHyperParameters",
     "AdamW",
     "GradStats",
     "MomentStats",
     "NonFiniteGradientError",
+    "adam_entries",
     "adam_fused",
     "adam_multi_tensor",
     "adam_single_tensor",
     "clip_grad_norm_",
     "grad_stats",
     "moment_stats",
+    "moment_sums",
+    "stats_from_sums",
 ]

@@ -19,7 +19,7 @@ After ``optimizer.step()`` at step t, for each parameter theta with ``n`` elemen
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from vitalstats.optim._params import group_by_device_and_dtype
+from vitalstats.stats.batch import compute_dtype
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,31 @@ def _real_view(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
-def _step_values(steps: list[Tensor]) -> list[float]:
+def _step_values(steps: list[Tensor | float]) -> list[float]:
     """The step counters as numbers; free for CPU counters, one transfer otherwise."""
-    if all(step.device.type == "cpu" for step in steps):
-        return [step.item() for step in steps]
-    return torch.stack([step.detach().double().cpu() for step in steps]).tolist()
+    tensors = [step for step in steps if isinstance(step, Tensor)]
+    if all(step.device.type == "cpu" for step in tensors):
+        return [step.item() if isinstance(step, Tensor) else float(step) for step in steps]
+    return torch.stack([torch.as_tensor(s).detach().double().cpu() for s in steps]).tolist()
 
 
-def _adam_entries(
-    optimizer: Optimizer, named_parameters: Iterable[tuple[str, Tensor]] | None
-) -> list[tuple[str, Tensor, dict[str, Any], dict[str, Any]]]:
-    """(name, parameter, state, group) for every parameter that has taken a step."""
+@dataclass(frozen=True)
+class AdamEntry:
+    """One parameter that has taken an Adam step: its name, the parameter, its optimizer
+    state and its param group."""
+
+    name: str
+    param: Tensor
+    state: dict[str, Any]
+    group: dict[str, Any]
+
+
+def adam_entries(
+    optimizer: Optimizer, named_parameters: Iterable[tuple[str, Tensor]] | None = None
+) -> list[AdamEntry]:
+    """Every parameter of an Adam-family optimizer that has taken a step (state with
+    ``exp_avg``), named from ``named_parameters``, the optimizer's ``param_names`` or
+    ``param_groups[g][i]``. A clear TypeError for a non-Adam optimizer."""
     names_by_id = {id(p): name for name, p in named_parameters} if named_parameters else {}
     entries = []
     for group_index, group in enumerate(optimizer.param_groups):
@@ -89,13 +103,90 @@ def _adam_entries(
         group_names = group.get("param_names")
         for index, param in enumerate(group["params"]):
             state = optimizer.state.get(param)
-            if not state or "exp_avg" not in state:
+            if not state or "exp_avg" not in state or "exp_avg_sq" not in state:
                 continue
             name = names_by_id.get(id(param)) or (
                 group_names[index] if group_names else f"param_groups[{group_index}][{index}]"
             )
-            entries.append((name, param, state, group))
+            entries.append(AdamEntry(name, param, state, group))
     return entries
+
+
+MOMENT_SUM_FIELDS = ("count", "m_hat_abs_sum", "sqrt_v_hat_sum", "step_sq_sum", "param_sq_sum")
+
+
+def _identity(tensor: Tensor) -> Tensor:
+    return tensor
+
+
+def _tensor_sums(
+    m: Tensor, v: Tensor, theta: Tensor, eps_scaled: float, work: Tensor | None
+) -> Tensor:
+    """``[sum |m|, sum sqrt(v), sum (m / (sqrt(v) + eps_scaled))^2, sum theta^2]`` of one
+    parameter's (real-viewed) moments, accumulated in float32 (float64 for float64 state);
+    ``work`` is a scratch buffer shaped like ``m`` (a fresh multi-megabyte CPU temporary
+    would page-fault on every call)."""
+    dtype = compute_dtype(m.dtype)
+    if work is None:
+        work = torch.empty_like(m, memory_format=torch.contiguous_format)
+    torch.abs(m, out=work)
+    abs_sum = work.sum(dtype=dtype)
+    torch.sqrt(v, out=work)
+    sqrt_sum = work.sum(dtype=dtype)
+    work.add_(eps_scaled)
+    torch.div(m, work, out=work)
+    step_sq = torch.linalg.vector_norm(work, dtype=dtype).square()
+    theta_sq = torch.linalg.vector_norm(theta, dtype=compute_dtype(theta.dtype)).square()
+    return torch.stack([abs_sum.double(), sqrt_sum.double(), step_sq.double(), theta_sq.double()])
+
+
+@torch.no_grad()
+def moment_sums(
+    entries: list[AdamEntry],
+    *,
+    local: Callable[[Tensor], Tensor] = _identity,
+    workspace: Callable[[int, Tensor], Tensor | None] | None = None,
+) -> Tensor:
+    """Per-parameter sums of Adam's statistics, a float64 ``(P, 5)`` tensor on the first
+    parameter's device, columns ``MOMENT_SUM_FIELDS``::
+
+        count, sum |m_hat|, sum sqrt(v_hat), sum step^2, sum theta^2
+
+    over the elements ``local`` returns (identity by default; the monitor passes each
+    DTensor's local shard, so shards' sums add up to the whole parameter's). ``workspace(i,
+    m)`` may return a reusable scratch tensor shaped like ``m`` for entry ``i``. No host read
+    but the CPU step counters."""
+    if not entries:
+        return torch.zeros((0, len(MOMENT_SUM_FIELDS)), dtype=torch.float64)
+    device = local(entries[0].param).device
+    steps = _step_values([entry.state["step"] for entry in entries])
+    rows, scales = [], []
+    for index, (entry, t) in enumerate(zip(entries, steps)):
+        beta1, beta2 = (float(beta) for beta in entry.group["betas"])
+        second = entry.state["exp_avg_sq"]
+        if entry.group.get("amsgrad"):  # absent only if amsgrad was switched on after a step
+            second = entry.state.get("max_exp_avg_sq", second)
+        m = _real_view(local(entry.state["exp_avg"]))
+        v = _real_view(local(second))
+        theta = _real_view(local(entry.param.detach()))
+        c1, sqrt_c2 = 1 - beta1**t, (1 - beta2**t) ** 0.5
+        work = workspace(index, m) if workspace is not None else None
+        # m_hat / (sqrt(v_hat) + eps) = (sqrt_c2 / c1) * m / (sqrt(v) + eps * sqrt_c2)
+        sums = _tensor_sums(m, v, theta, float(entry.group["eps"]) * sqrt_c2, work)
+        rows.append(torch.cat([sums.new_full((1,), float(m.numel())), sums]).to(device))
+        scales.append((1.0 / c1, 1.0 / sqrt_c2, (sqrt_c2 / c1) ** 2, entry.group["lr"]))
+    table = torch.stack(rows).to(torch.float64)
+    factors = torch.tensor([s[:3] for s in scales], dtype=torch.float64).to(device)
+    lrs = [s[3] for s in scales]
+    if any(isinstance(lr, Tensor) for lr in lrs):  # a tensor lr stays on its device
+        lr = torch.stack(
+            [torch.as_tensor(lr).detach().reshape(()).to(device, torch.float64) for lr in lrs]
+        )
+    else:
+        lr = torch.tensor([float(lr) for lr in lrs], dtype=torch.float64).to(device)
+    table[:, 1:4] *= factors
+    table[:, 3] *= lr.square()
+    return table
 
 
 @torch.no_grad()
@@ -106,73 +197,24 @@ def moment_stats(
 
     ``named_parameters`` (e.g. ``model.named_parameters()``) names the entries; otherwise the
     optimizer's own ``param_names`` or ``param_groups[g][i]``. Parameters that have not
-    stepped yet are left out. A few ``torch._foreach_*`` calls per (device, dtype) group and
-    no host sync (the step counters live on the CPU; torch's ``fused``/``capturable`` keep
-    them on the device, which costs one read).
+    stepped yet are left out. No host sync (the step counters live on the CPU; torch's
+    ``fused``/``capturable`` keep them on the device, which costs one read). The numbers are
+    ``moment_sums`` divided by each parameter's element count.
     """
-    entries = _adam_entries(optimizer, named_parameters)
+    entries = adam_entries(optimizer, named_parameters)
     if not entries:
         empty = torch.zeros(0, dtype=torch.float64)
         return MomentStats((), empty, empty, empty, empty)
-    device = entries[0][1].device
-    steps = _step_values([state["step"] for _, _, state, _ in entries])
+    return stats_from_sums(tuple(entry.name for entry in entries), moment_sums(entries))
 
-    params, moments1, moments2 = [], [], []
-    numels, bias_corrections1, bias_corrections2_sqrt, lrs = [], [], [], []
-    for (_, param, state, group), step in zip(entries, steps):
-        beta1, beta2 = (float(beta) for beta in group["betas"])
-        second = state["exp_avg_sq"]
-        if group.get("amsgrad"):  # absent only if amsgrad was switched on after the last step
-            second = state.get("max_exp_avg_sq", second)
-        params.append(_real_view(param))
-        moments1.append(_real_view(state["exp_avg"]))
-        moments2.append(_real_view(second))
-        numels.append(params[-1].numel())
-        bias_corrections1.append(1 - beta1**step)
-        bias_corrections2_sqrt.append((1 - beta2**step) ** 0.5)
-        lrs.append(group["lr"])
 
-    l1_m, l1_sqrt_v, l2_ratio, l2_param = [], [], [], []
-    order: list[int] = []
-    for indices in group_by_device_and_dtype(params).values():
-        group_m = [moments1[i] for i in indices]
-        sqrt_v = torch._foreach_sqrt([moments2[i] for i in indices])
-        l1_m.extend(torch._foreach_norm(group_m, 1))
-        l1_sqrt_v.extend(torch._foreach_norm(sqrt_v, 1))
-        # sqrt(v_hat) + eps, in place: the denominator of the step
-        torch._foreach_div_(sqrt_v, [bias_corrections2_sqrt[i] for i in indices])
-        torch._foreach_add_(sqrt_v, [entries[i][3]["eps"] for i in indices])
-        l2_ratio.extend(torch._foreach_norm(torch._foreach_div(group_m, sqrt_v), 2))
-        l2_param.extend(torch._foreach_norm([params[i] for i in indices], 2))
-        order.extend(indices)
-
-    def gathered(norms: list[Tensor]) -> Tensor:
-        """Norms listed group by group, back in parameter order, as one float64 vector."""
-        by_parameter = dict(zip(order, norms))
-        return torch.stack([by_parameter[i].to(device, torch.float64) for i in range(len(entries))])
-
-    def column(values: list[float]) -> Tensor:
-        return torch.tensor(values, dtype=torch.float64).to(device, non_blocking=True)
-
-    if all(not isinstance(value, Tensor) for value in lrs):
-        lr = column([float(value) for value in lrs])
-    else:  # a tensor lr stays on its device: no read
-        lr = torch.stack(
-            [
-                torch.as_tensor(value)
-                .detach()
-                .reshape(())
-                .to(device, torch.float64, non_blocking=True)
-                for value in lrs
-            ]
-        )
-    numel = column([float(n) for n in numels])
-    bias_correction1 = column(bias_corrections1)
-    step_norm = lr / bias_correction1 * gathered(l2_ratio)
+def stats_from_sums(names: tuple[str, ...], sums: Tensor) -> MomentStats:
+    """``MomentStats`` from ``moment_sums`` rows (summed over shards where sharded)."""
+    count, m_abs, sqrt_v, step_sq, param_sq = sums.unbind(1)
     return MomentStats(
-        names=tuple(name for name, _, _, _ in entries),
-        m_hat_abs_mean=gathered(l1_m) / (numel * bias_correction1),
-        sqrt_v_hat_mean=gathered(l1_sqrt_v) / (numel * column(bias_corrections2_sqrt)),
-        step_rms=step_norm / numel.sqrt(),
-        update_to_data=step_norm / gathered(l2_param),
+        names=names,
+        m_hat_abs_mean=m_abs / count,
+        sqrt_v_hat_mean=sqrt_v / count,
+        step_rms=(step_sq / count).sqrt(),
+        update_to_data=(step_sq / param_sq).sqrt(),
     )

@@ -15,6 +15,7 @@ import datetime
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vitalstats.report.tensorboard import TensorBoardWriter, export_tensorboard
 
@@ -50,18 +51,35 @@ def render_report(
 
 
 def write_report(
-    store_path: str | os.PathLike[str],
+    store_path: str | os.PathLike[str] | Any,
     out_path: str | os.PathLike[str],
     run: RunSelector = None,
     *,
     histogram_steps: Sequence[int] | None = None,
-) -> Path:
+) -> Path | None:
     """Write the report of ``run`` (None = all runs) in ``store_path`` to ``out_path``.
 
+    ``store_path`` may also be a live ``vs.Monitor`` with a store: it is flushed first and
+    its run is reported. Under torch.distributed that flush is a collective, so call it on
+    every rank: rank 0 writes and returns the path, the other ranks return None.
     ``histogram_steps`` picks the steps of the activation-histogram figures (the nearest
     recorded step is used; default first, middle and last). Returns the written path.
     Raises ``vitalstats.store.StoreError`` for a missing/foreign/newer store or unknown run.
     """
+    if hasattr(store_path, "flush") and hasattr(store_path, "store_path"):
+        monitor = store_path
+        monitor.flush()
+        if monitor.store_path is None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+                return None
+            raise ValueError(
+                "write_report: this monitor has no run store; create it with "
+                "vs.Monitor(model, optimizer=opt, store='runs/exp.sqlite') to make reports"
+            )
+        monitor.sync_store()
+        store_path, run = monitor.store_path, monitor.run_id
     out = Path(out_path)
     text = render_report(store_path, run, histogram_steps=histogram_steps)
     temporary = out.with_name(out.name + ".tmp")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vitalstats.stats.merge import chan_merge
+from vitalstats.stats.summary import empty_summary, merge_many
 
 if TYPE_CHECKING:
     from vitalstats.stats.moments import Moments
@@ -50,25 +50,34 @@ def all_reduce_moments(moments: Moments, group: Any = None) -> Moments:
     shape = torch.Size(shapes.pop())
     ndim = next(nd for s, nd in layouts if s is not None)
 
-    comm_device = _communication_device(group)
-    home_device = comm_device if state is None else state["mean"].device
+    home_device = None if state is None else state["mean"].device
     if state is None:
-        packed = _pack_empty(shape, comm_device)
+        packed = empty_summary(tuple(shape), _communication_device(group))
     else:
-        packed = torch.stack([state[k].to(torch.float64) for k in _FIELDS]).to(comm_device)
-    gathered = [torch.empty_like(packed) for _ in range(world_size)]
-    dist.all_gather(gathered, packed, group=group)
-
-    count, mean, m2, low, high, nonfinite = _unpack(gathered[0])
-    for other in gathered[1:]:
-        o_count, o_mean, o_m2, o_low, o_high, o_nonfinite = _unpack(other)
-        count, mean, m2 = chan_merge(count, mean, m2, o_count, o_mean, o_m2)
-        low, high = torch.minimum(low, o_low), torch.maximum(high, o_high)
-        nonfinite = nonfinite + o_nonfinite
-    merged = dict(zip(_FIELDS, (count, mean, m2, low, high, nonfinite), strict=True))
-    moments._state = {k: v.to(home_device) for k, v in merged.items()}
+        packed = torch.stack([state[k].to(torch.float64) for k in _FIELDS], -1)
+    merged = all_reduce_summaries(packed, group)
+    home_device = merged.device if home_device is None else home_device
+    fields = merged.to(home_device).unbind(-1)
+    moments._state = {
+        k: (v.round().to(torch.int64) if k in ("count", "nonfinite") else v)
+        for k, v in zip(_FIELDS, fields, strict=True)
+    }
     moments._ndim = ndim
     return moments
+
+
+def all_reduce_summaries(packed: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Exact merge of packed summaries ``(..., 6)`` (``vitalstats.stats.summary`` layout:
+    count, mean, M2, min, max, nonfinite) over the ranks of ``group``: one all_gather, then
+    every rank merges the parts in rank order (Chan's formula for K parts), so every rank gets
+    bit-identical results. Returns a new tensor on ``packed``'s device."""
+    import torch.distributed as dist
+
+    comm_device = _communication_device(group)
+    local = packed.to(comm_device, torch.float64).contiguous()
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    return merge_many(torch.stack(gathered)).to(packed.device)
 
 
 def _communication_device(group: Any) -> torch.device:
@@ -77,15 +86,3 @@ def _communication_device(group: Any) -> torch.device:
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def _pack_empty(shape: torch.Size, device: torch.device) -> torch.Tensor:
-    packed = torch.zeros((len(_FIELDS), *shape), dtype=torch.float64, device=device)
-    packed[_FIELDS.index("min")] = float("inf")
-    packed[_FIELDS.index("max")] = float("-inf")
-    return packed
-
-
-def _unpack(packed: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    count, mean, m2, low, high, nonfinite = packed.unbind(0)
-    return count.to(torch.int64), mean, m2, low, high, nonfinite.to(torch.int64)

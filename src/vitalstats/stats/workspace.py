@@ -33,6 +33,14 @@ def scratch(slot: str, shape: torch.Size, dtype: torch.dtype, device: torch.devi
     return buffer[:numel].view(shape)
 
 
+def work_like(x: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+    """A contiguous buffer shaped like ``x``: the reused CPU scratch ``slot`` in eager mode, a
+    plain temporary under ``torch.compile`` (which plans its own memory) and on accelerators."""
+    if torch.compiler.is_compiling():
+        return torch.empty(x.shape, dtype=dtype, device=x.device)
+    return scratch(slot, x.shape, dtype, x.device)
+
+
 def release_workspace() -> None:
     """Free this thread's CPU scratch buffers (they are re-created on the next update)."""
     _local.buffers = {}

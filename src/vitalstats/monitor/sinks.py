@@ -1,4 +1,11 @@
-"""Writing a monitor's flushed windows into a ``vs.RunStore`` (rank 0 only)."""
+"""Where a monitor's flushed windows go (rank 0 only): a ``vs.RunStore`` and TensorBoard.
+
+``StoreSink`` writes the run's layers once, then scalars, histograms and findings per flush;
+``TensorBoardSink`` mirrors the same rows into TensorBoard event files
+(``vs.Monitor(..., tensorboard="runs/tb")``): scalars as ``<metric>/<layer>`` (run-level
+metrics keep their name) and the fixed-bin histograms as TensorBoard histograms. Both write
+at flush time, never per step.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vitalstats.monitor.config import MonitorConfig
 from vitalstats.monitor.findings import Finding
 from vitalstats.monitor.metrics import StepMetrics
 from vitalstats.monitor.probes import metric_histogram_edges
@@ -53,7 +61,7 @@ def run_metadata(monitor: Monitor) -> dict[str, Any]:
     return out
 
 
-class StoreWriter:
+class StoreSink:
     """One run in one store: layers at start, scalars/histograms/findings per flush."""
 
     def __init__(self, store: Any, owned: bool, run_id: int, monitor: Monitor) -> None:
@@ -64,7 +72,7 @@ class StoreWriter:
     @classmethod
     def open(
         cls, store: Any, run_name: str | None, run_config: dict[str, Any] | None, monitor: Monitor
-    ) -> StoreWriter | None:
+    ) -> StoreSink | None:
         """None without a store or on ranks other than 0."""
         import torch.distributed as dist
 
@@ -105,3 +113,34 @@ class StoreWriter:
         self.store.end_run(self.run_id, status=status)
         if self.owned:
             self.store.close()
+
+
+class TensorBoardSink:
+    def __init__(self, writer: Any, config: MonitorConfig) -> None:
+        self.writer = writer
+        self.edges = metric_histogram_edges(config)
+
+    @classmethod
+    def open(cls, log_dir: str | Path | None, config: MonitorConfig) -> TensorBoardSink | None:
+        """None without a directory or on ranks other than 0."""
+        import torch.distributed as dist
+
+        if log_dir is None:
+            return None
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        from vitalstats.report.tensorboard import TensorBoardWriter
+
+        return cls(TensorBoardWriter(log_dir), config)
+
+    def write(self, window: list[StepMetrics]) -> None:
+        for metrics in window:
+            rows = [(layer, metric, value) for (layer, metric), value in metrics.scalars.items()]
+            if rows:
+                self.writer.add_scalars(metrics.step, rows)
+            for (layer, metric), counts in metrics.histograms.items():
+                self.writer.add_histogram(metrics.step, layer, metric, self.edges[metric], counts)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,66 @@
+"""Diagnoses: what the measured numbers and the hooks' observations mean, as findings.
+
+Only this package and ``linting`` make findings. ``Diagnoser`` feeds every flushed step to
+the per-step rules in order (host floats only), each flush window to the window rules, and
+the hooks' Python observations to their rules; each rule module holds one family:
+
+    nonfinite    the first NaN/Inf (input, layer, loss, gradient)
+    loss         spikes (robust baseline), divergence
+    gradients    exploding, vanishing
+    activations  saturation, dead units, std trend with depth
+    updates      update:data too low / too high
+    norm_layers  BatchNorm misuse, drift, poisoned buffers, cross-rank divergence
+
+Every threshold is a named field of ``Thresholds``; docs/monitor.md has the table of codes.
+"""
+
+from __future__ import annotations
+
+from vitalstats.monitor.config import MonitorConfig
+from vitalstats.monitor.diagnoses import norm_layers
+from vitalstats.monitor.diagnoses.activations import ActivationRule
+from vitalstats.monitor.diagnoses.context import RunContext, optimizer_family, parameter_role
+from vitalstats.monitor.diagnoses.gradients import GradientRule
+from vitalstats.monitor.diagnoses.loss import LossHistory, LossRule
+from vitalstats.monitor.diagnoses.nonfinite import NonFiniteRule
+from vitalstats.monitor.diagnoses.updates import UpdateRule
+from vitalstats.monitor.findings import FindingLog
+from vitalstats.monitor.metrics import StepMetrics
+from vitalstats.monitor.state import Observation
+
+__all__ = ["Diagnoser", "RunContext", "optimizer_family", "parameter_role"]
+
+
+class Diagnoser:
+    """Stateful rules over the stream of ``StepMetrics`` and observations of one run."""
+
+    def __init__(self, config: MonitorConfig, log: FindingLog, context: RunContext) -> None:
+        self.ctx = context
+        self.log = log
+        self.losses = LossHistory()
+        self._step_rules = [
+            NonFiniteRule(),  # first: it marks the step from which symptoms are not judged
+            LossRule(config.loss_ewm_beta, config.thresholds.loss_window, self.losses),
+            GradientRule(),
+            ActivationRule(),
+            norm_layers.NormLayerRule(),
+        ]
+        self._window_rules = [UpdateRule()]
+
+    def observe(self, m: StepMetrics) -> None:
+        """Run every per-step rule on one step (adds loss_ewm_*, loss_median/noise)."""
+        for rule in self._step_rules:
+            rule.observe(m, self.ctx)
+
+    def observe_window(self, window: list[StepMetrics]) -> None:
+        """Rules on a whole flush window (medians of noisy per-step values)."""
+        for rule in self._window_rules:
+            rule.observe_window(window, self.ctx)
+
+    def observations(self, observed: list[Observation]) -> None:
+        """The hooks' Python facts since the last flush."""
+        for o in observed:
+            norm_layers.from_observation(o, self.ctx)
+
+    def buffer_divergence(self, spreads: dict[str, float], step: int) -> None:
+        norm_layers.buffer_divergence(spreads, step, self.ctx)
