@@ -37,6 +37,9 @@ class Thresholds:
     bn_var_log_ratio: float = 1.5  # |mean over channels log(var_B / var_run)|
     bn_warmup_steps: int = 50  # optimiser steps before drift is judged (running stats settle)
     bn_buffer_divergence: float = 0.5  # vs.nn.check_buffer_divergence spread across ranks
+    skipped_step_fraction: float = 0.5  # share of skipped optimiser steps (GradScaler)
+    skipped_step_window: int = 20  # steps the share is taken over
+    amp_calibration_steps: int = 30  # first steps not judged (the scaler finds its scale)
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,10 @@ class Hooks:
                 if batchnorm and d.norm_layers and module.training:
                     self._batch_statistics(name, module, args)
             if d.output_grads and y.requires_grad and not s.lint:
-                y.register_hook(self._output_grad_hook(name))
+                if torch.compiler.is_compiling():  # a tensor hook's side effect cannot be traced
+                    s.degrade("out_grad_std", "a tensor hook cannot record inside a compiled graph")
+                else:
+                    y.register_hook(self._output_grad_hook(name))
 
         return hook
 

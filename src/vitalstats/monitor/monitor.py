@@ -130,6 +130,7 @@ class Monitor:
         self.state.due.update(self.config, 0)
         self._last_time: float | None = None
         self._warned_stale_graph = False
+        self._warned_degraded: set[str] = set()
         self._hooks = Hooks(self.state, self.inner, self.layers, self.parameters, optimizer)
         self._store = None if _lint else StoreSink.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
@@ -199,11 +200,12 @@ class Monitor:
             acc.add_host("", r.STEPS_PER_SECOND, 1.0 / (now - self._last_time))
         self._last_time = now
         self._check_compiled_graph()
+        self._warn_degraded()
         record = acc.close(self.step_index)
         if record is not None:
             self._records.append(record)
-        self.step_index += 1
         s.end_step()
+        self.step_index += 1
         s.step = self.step_index
         s.due.update(self.config, self.step_index)
         s.optimizer_stepped = False
@@ -237,6 +239,16 @@ class Monitor:
         if (s.optimizer_stepped or self.optimizer is None) and not s.seen_layers:
             warnings.warn(STALE_GRAPH_WARNING, UserWarning, stacklevel=3)
             self._warned_stale_graph = True
+
+    def _warn_degraded(self) -> None:
+        for what, why in self.state.degraded.items():
+            if what not in self._warned_degraded:
+                self._warned_degraded.add(what)
+                warnings.warn(
+                    f"vs.Monitor: {what} is not measured in this run: {why}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[EvaluationPhase]:

@@ -82,23 +82,42 @@ class MeasureState:
     passed_on: dict[int, tuple[Any, str]] = field(default_factory=dict)  # id(tensor) -> layer
     gradients_after_step: bool = False  # optimizer.step(closure): read gradients after it
     optimizer_stepped: bool = False  # the optimizer's step ran since the last Monitor.step
+    degraded: dict[str, str] = field(default_factory=dict)  # metric -> why it is not measured
     _noticed: set[tuple[str, str]] = field(default_factory=set)
+    _pending: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def degrade(self, what: str, why: str) -> None:
+        """A statistic this run cannot measure (the monitor warns once, naming it)."""
+        self.degraded.setdefault(what, why)
 
     def observe(self, kind: str, layer: str, once: bool = True, **data: Any) -> None:
-        """Record an observation (by default once per kind and layer over the run)."""
+        """Record an observation (by default once per kind and layer over the run). It is
+        stamped with its step when the step closes (``end_step``): reading the step counter
+        here would make a compiled graph guard on it and recompile every step."""
         if once:
             if (kind, layer) in self._noticed:
                 return
             self._noticed.add((kind, layer))
-        self.observations.append(Observation(kind, layer, self.step, data))
+        self._pending.append((kind, layer, data))
 
     def end_step(self) -> None:
-        """Forget the step's tensors and graph nodes (kept only to link layers)."""
+        """Stamp the step's observations; forget its tensors and graph nodes (kept only to
+        link layers)."""
+        self.observations.extend(
+            Observation(k, layer, self.step, d) for k, layer, d in self._pending
+        )
+        self._pending.clear()
         self.produced.clear()
         self.passed_on.clear()
         self.biased_output = None
 
     def take_observations(self) -> list[Observation]:
+        """Every stamped observation since the last call (outside a step: also those of the
+        step in progress, stamped with its index)."""
+        self.observations.extend(
+            Observation(k, layer, self.step, d) for k, layer, d in self._pending
+        )
+        self._pending.clear()
         out, self.observations = self.observations, []
         return out
 

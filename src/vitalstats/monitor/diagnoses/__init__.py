@@ -10,6 +10,7 @@ the hooks' Python observations to their rules; each rule module holds one family
     activations  saturation, dead units, std trend with depth
     updates      update:data too low / too high
     norm_layers  BatchNorm misuse, drift, poisoned buffers, cross-rank divergence
+    training_loop  the loop itself: steps a GradScaler skips
 
 Every threshold is a named field of ``Thresholds``; docs/monitor.md has the table of codes.
 """
@@ -23,6 +24,7 @@ from vitalstats.monitor.diagnoses.context import RunContext, optimizer_family, p
 from vitalstats.monitor.diagnoses.gradients import GradientRule
 from vitalstats.monitor.diagnoses.loss import LossHistory, LossRule
 from vitalstats.monitor.diagnoses.nonfinite import NonFiniteRule
+from vitalstats.monitor.diagnoses.training_loop import SkippedStepRule
 from vitalstats.monitor.diagnoses.updates import UpdateRule
 from vitalstats.monitor.findings import FindingLog
 from vitalstats.monitor.metrics import StepMetrics
@@ -44,6 +46,7 @@ class Diagnoser:
             GradientRule(),
             ActivationRule(),
             norm_layers.NormLayerRule(),
+            SkippedStepRule(config.thresholds.skipped_step_window),
         ]
         self._window_rules = [UpdateRule()]
 
