@@ -59,3 +59,13 @@ def test_everything_preset_and_schedule():
     assert not due(0, 0)
     with pytest.raises(ValueError, match="flush_every"):
         MonitorConfig(flush_every=0)
+
+
+def test_docs_metric_table_is_generated_from_the_registry():
+    from vitalstats.monitor.registry import markdown_table
+
+    text = DOCS.read_text()
+    start, end = "<!-- metrics:start -->\n", "<!-- metrics:end -->"
+    assert start in text and end in text
+    table = text[text.index(start) + len(start) : text.index(end)]
+    assert table == markdown_table(), "regenerate with: python -m vitalstats.monitor.registry"
