@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 UPDATE_TO_DATA_GUIDE_LOG10 = -3.0  # Karpathy's rule of thumb: update std ~ 1e-3 of weight std
+MAX_DEPTH_TICKS = 30  # layer names on the by-depth axis; more layers label every k-th
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,20 @@ def _finite(x: np.ndarray, y: np.ndarray, positive: bool = False) -> tuple[np.nd
     if positive:
         keep &= y > 0
     return x[keep], y[keep]
+
+
+def _log_y(axes: Any) -> None:
+    """A log y axis labelled in plain text (1e-03): matplotlib's default 10^k labels go
+    through mathtext, which costs a fifth of a report's drawing time."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(PlainLogFormatter())
+    axes.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def _integer_steps(axes: Any) -> None:
@@ -143,7 +158,7 @@ def lines_figure(
     if guide is not None:
         axes.axhline(guide, color="#c0392b", linestyle="--", linewidth=1, label=guide_label or None)
     if log_y:
-        axes.set_yscale("log")
+        _log_y(axes)
         values = np.concatenate(drawn) if drawn else np.array([])
         if len(values):  # a few extreme dips (a gradient of 1e-30) must not flatten the rest
             low, high = np.percentile(values, 1) / 3, values.max() * 3
@@ -159,29 +174,45 @@ def lines_figure(
     return to_data_uri(figure)
 
 
-def _thin_band(steps: np.ndarray, mean: np.ndarray, std: np.ndarray, ok: np.ndarray):
-    steps, mean, std = steps[ok], mean[ok], std[ok]
-    steps, mean, _, _ = thin(steps.astype(float), mean)
-    _, std, _, _ = thin(np.zeros(len(std)), std)
-    return steps, mean, std, np.ones(len(steps), dtype=bool)
+def rolling_quantiles(
+    x: np.ndarray,
+    y: np.ndarray,
+    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+    window: int | None = None,
+    max_points: int = MAX_POINTS_PER_LINE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(centres x (K,), quantiles (len(quantiles), K)) of ``y`` in a sliding window of
+    ``window`` consecutive points (default: 4% of the series, at least 9), evaluated at
+    ``K <= max_points`` evenly spaced positions. Windows near the ends are shifted inwards so
+    every one holds ``window`` points. Quantiles of the values themselves: unlike mean +- 2 std,
+    the band never leaves the range the loss actually took."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(y)
+    if n == 0:
+        return np.array([]), np.empty((len(quantiles), 0))
+    window = min(n, window or max(9, n // 25))
+    centres = np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(np.int64))
+    starts = np.clip(centres - window // 2, 0, n - window)
+    windows = np.lib.stride_tricks.sliding_window_view(y, window)[starts]
+    return x[centres], np.quantile(windows, quantiles, axis=1)
 
 
 @dataclass(frozen=True)
 class LossCurve:
-    """A run's loss and its exponentially weighted mean and std (any may be empty)."""
+    """A run's loss, the monitor's EWM mean of it and its eval loss (any may be empty)."""
 
     run: str
     loss: Line
     ewm_mean: Line
-    ewm_std: Line
     eval_loss: Line
 
 
 def loss_figure(curves: Sequence[LossCurve]) -> str:
-    """One panel per run: raw loss (faint), EWM mean, a band of EWM mean +- 2 EWM std, eval loss.
+    """One panel per run: raw loss (faint), its rolling median with a band between the rolling
+    10th and 90th percentiles, the monitor's EWM mean (thin, dashed) and eval loss (diamonds).
 
-    The band is drawn where mean and std share a step; the y axis is logarithmic when every
-    drawn loss is positive (cross-entropy losses are).
+    The y range comes from the raw loss only (the band lies inside it); the axis is
+    logarithmic when every drawn loss is positive and they span more than 20x.
     """
     plt = _pyplot()
     columns = min(len(curves), 2)
@@ -193,30 +224,22 @@ def loss_figure(curves: Sequence[LossCurve]) -> str:
         axes = axes_grid[index // columns][index % columns]
         x, y = _finite(curve.loss.x, curve.loss.y)
         _draw(axes, x, y, color="#7f8c8d", alpha=0.45, linewidth=0.8, label="loss")
-        if len(x) > MAX_POINTS_PER_LINE:  # thinned: keep spikes visible as a min/max envelope
-            envelope_x, _, low, high = thin(x, y)
-            axes.fill_between(envelope_x, low, high, color="#7f8c8d", alpha=0.2, linewidth=0)
+        if len(x) > 1:
+            centres, (low, median, high) = rolling_quantiles(x, y)
+            axes.fill_between(centres, low, high, color="#3498db", alpha=0.25, linewidth=0,
+                              label="rolling 10–90%")  # fmt: skip
+            axes.plot(centres, median, color="#2c3e50", linewidth=1.5, label="rolling median")
         mean_x, mean_y = _finite(curve.ewm_mean.x, curve.ewm_mean.y)
-        _draw(axes, mean_x, mean_y, color="#2c3e50", linewidth=1.5, label="EWM mean")
-        shared, mean_at, std_at = np.intersect1d(
-            curve.ewm_mean.x, curve.ewm_std.x, assume_unique=False, return_indices=True
-        )
-        if len(shared):
-            mean = curve.ewm_mean.y[mean_at]
-            std = curve.ewm_std.y[std_at]
-            ok = np.isfinite(mean) & np.isfinite(std)
-            shared, mean, std, ok = _thin_band(shared, mean, std, ok)
-            axes.fill_between(
-                shared[ok], (mean - 2 * std)[ok], (mean + 2 * std)[ok], color="#3498db", alpha=0.25,
-                label="EWM mean ± 2 std",
-            )  # fmt: skip
+        if len(mean_x):
+            _draw(axes, mean_x, mean_y, color="#8e44ad", linewidth=0.8, linestyle="--",
+                  label="EWM mean")  # fmt: skip
         eval_x, eval_y = _finite(curve.eval_loss.x, curve.eval_loss.y)
         if len(eval_x):
             axes.plot(eval_x, eval_y, "D", color="#e67e22", markersize=4, label="eval loss")
-        drawn = np.concatenate([y, mean_y, eval_y])
+        drawn = np.concatenate([y, eval_y])
         if len(drawn) and np.all(drawn > 0) and drawn.max() / drawn.min() > 20:
-            axes.set_yscale("log")  # the band may reach below zero; rare tiny losses are clipped
-            axes.set_ylim(np.percentile(drawn, 1) / 3, drawn.max() * 2)
+            _log_y(axes)  # rare tiny losses are clipped, spikes stay in view
+            axes.set_ylim(np.percentile(drawn, 0.5) / 1.5, drawn.max() * 1.5)
         elif len(drawn):
             span = max(drawn.max() - drawn.min(), 1e-12)
             axes.set_ylim(drawn.min() - 0.1 * span, drawn.max() + 0.1 * span)
@@ -241,7 +264,9 @@ class Histogram:
     counts: np.ndarray
 
 
-def histograms_figure(histograms: Sequence[Histogram], title: str) -> str:
+def histograms_figure(
+    histograms: Sequence[Histogram], title: str, xlabel: str = "activation value"
+) -> str:
     """The makemore figure: one density curve per layer over the bin centres, legend by layer.
 
     Density = count / (total count * bin width), so layers with different bin widths compare.
@@ -264,7 +289,7 @@ def histograms_figure(histograms: Sequence[Histogram], title: str) -> str:
         margin = 0.1 * (high - low)
         axes.set_xlim(low - margin, high + margin)
     axes.set_title(mpl_text(title), fontsize=10)
-    axes.set_xlabel("activation value")
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("density")
     axes.grid(alpha=0.3)
     if histograms:
@@ -297,10 +322,12 @@ def by_depth_figure(
             x, y = _finite(np.asarray(line.x, float), np.asarray(line.y, float), positive=log_y)
             axes.plot(x, y, marker="o", markersize=3, color=color, label=mpl_text(run))
         if log_y:
-            axes.set_yscale("log")
-        axes.set_xticks(range(len(tick_labels)))
+            _log_y(axes)
+        stride = max(1, -(-len(tick_labels) // MAX_DEPTH_TICKS))  # every k-th name past 30
+        positions = list(range(0, len(tick_labels), stride))
+        axes.set_xticks(positions)
         axes.set_xticklabels(
-            [mpl_text(t) for t in tick_labels], rotation=45, ha="right", fontsize=7
+            [mpl_text(tick_labels[i]) for i in positions], rotation=45, ha="right", fontsize=7
         )
         axes.set_xlabel("layer position (forward order)")
         axes.set_ylabel(ylabel)
