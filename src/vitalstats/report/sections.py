@@ -35,7 +35,7 @@ from vitalstats.report.layer_sections import (
     gradient_section,
     update_section,
 )
-from vitalstats.report.story import told, where
+from vitalstats.report.story import count, told, where
 
 
 def _time(seconds: float | None) -> str:
@@ -63,7 +63,7 @@ def metadata_section(runs: Sequence[RunData]) -> Section:
         status = info.status + (" (still being written)" if info.status == "running" else "")
         rows.append((info.run_id, info.name, _description(info.config), status,
                      _time(info.started_at), _time(info.ended_at), _steps(run), len(run.layers),
-                     len(run.findings)))  # fmt: skip
+                     count(run.findings)))  # fmt: skip
     headers = ("id", "run", "description", "status", "started", "ended", "steps", "layers watched",
                "findings")  # fmt: skip
     if not any(row[2] for row in rows):  # no run has a description: drop the column

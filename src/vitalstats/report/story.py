@@ -40,10 +40,11 @@ def told(findings: Iterable[Any]) -> list[Any]:
 
 
 def count(findings: Iterable[Any]) -> int:
-    """Number of findings, a told story counted one per finding (root or consequence)."""
+    """How many entries the story has: one per code (however many layers it was seen on),
+    roots and consequences alike."""
     from vitalstats.monitor.story import flatten
 
-    return len(flatten(_as_findings(findings)))
+    return len(flatten(told(findings)))
 
 
 def where(finding: Any, max_layers: int = 6) -> str:
