@@ -382,7 +382,7 @@ def test_many_layers_become_one_heat_map_row_per_layer(tmp_path):
                               + [("", "loss", 1.0)])  # fmt: skip
     section = _section(write_report(path, tmp_path / "r.html").read_text(), "gradient-norms")
     (caption,) = _figures(section)
-    assert caption.startswith("deep: grad_norm: 40 layers, one row each")
+    assert caption.startswith("deep: grad_norm: 40 layers or parameters, one row each")
 
 
 def test_run_level_metrics_this_version_does_not_know_are_still_drawn(tmp_path):

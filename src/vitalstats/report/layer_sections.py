@@ -57,7 +57,9 @@ def layers_heatmap_uri(
 ) -> str:
     """One metric of every layer as a heat map: first layer at the top, colour = value."""
     series = [run.series(layer, metric) for layer in reversed(layers)]  # row 0 is the bottom
-    panel = layers_heatmap(f"{len(layers)} layers, forward order from the top", series)
+    panel = layers_heatmap(
+        f"{len(layers)} rows, one per layer or parameter, forward order from the top", series
+    )
     scale = _colour_scale(panel.values, log, ylabel)
     labelled = evenly_spaced(list(range(len(layers))), MAX_ROW_LABELS)
     ticks = [(len(layers) - 1 - i + 0.5, layers[i]) for i in labelled]
@@ -77,7 +79,9 @@ def per_layer_figures(
         title = f"{run.name}: {metric}"
         if len(layers) > MAX_LINES_PER_FIGURE:
             uri = layers_heatmap_uri(run, layers, metric, ylabel, log_y)
-            caption = f"{title}: {len(layers)} layers, one row each (colour = {ylabel})"
+            caption = (
+                f"{title}: {len(layers)} layers or parameters, one row each (colour = {ylabel})"
+            )
             body += figure(uri, caption)
             continue
         lines = [

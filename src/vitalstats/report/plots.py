@@ -46,16 +46,37 @@ def mpl_text(text: str) -> str:
     return "\u200b" + text if text.startswith("_") else text
 
 
-def to_data_uri(figure: Any) -> str:  # figure: matplotlib.figure.Figure
-    """Render ``figure`` to SVG and return it as a base64 data URI; closes the figure."""
+def to_data_uri(figure: Any, tight: bool = False) -> str:  # figure: matplotlib.figure.Figure
+    """Render ``figure`` to SVG and return it as a base64 data URI; closes the figure.
+
+    Figures are laid out in inches by the functions below; ``tight=True`` (one extra draw to
+    measure every text, about a third of the cost) is kept for layouts that depend on text."""
     import matplotlib
 
     plt = _pyplot()
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vitalstats"}):
-        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", bbox_inches="tight" if tight else None,
+                       metadata={"Date": None})  # fmt: skip
     plt.close(figure)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _title(axes: Any, text: str) -> None:
+    """A title at a fixed height: matplotlib's automatic title placement measures every tick
+    label of the axes at each draw."""
+    axes.set_title(mpl_text(text), fontsize=10, y=1.0, pad=5)
+
+
+def _axes_at(figure: Any, left: float, bottom: float, width: float, height: float) -> Any:
+    """Axes placed in inches on ``figure`` (whose size is in inches too)."""
+    fig_width, fig_height = figure.get_size_inches()
+    return figure.add_axes(
+        (left / fig_width, bottom / fig_height, width / fig_width, height / fig_height)
+    )
+
+
+LEGEND_CHAR_INCHES = 0.052  # average width of a character at legend font size 6-7
 
 
 def _colors(count: int) -> list:
@@ -106,6 +127,14 @@ def _legend(axes, count: int) -> None:
         )
 
 
+def _outside_legend_inches(labels: Sequence[str], count: int) -> float:
+    """Width the legend needs right of the axes (0 when it fits inside, up to 8 entries)."""
+    if count <= 8 or not labels:
+        return 0.0
+    columns = 1 + count // 24
+    return columns * (0.45 + LEGEND_CHAR_INCHES * min(max(len(label) for label in labels), 60))
+
+
 MAX_POINTS_PER_LINE = 1000  # longer series are drawn as bucket means (SVG size stays bounded)
 
 
@@ -147,7 +176,10 @@ def lines_figure(
     Non-finite points (and, on a log axis, non-positive ones) are left out of the drawing.
     """
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7.5, 3.4))
+    entries = len(lines) + (1 if guide is not None and guide_label else 0)
+    legend_width = _outside_legend_inches([line.label for line in lines], entries)
+    figure = plt.figure(figsize=(7.5 + legend_width, 3.4))
+    axes = _axes_at(figure, 0.85, 0.5, 6.45, 2.6)
     colors = _colors(len(lines)) if by_order_colors else [None] * len(lines)
     drawn = []
     for line, color in zip(lines, colors):
@@ -164,13 +196,13 @@ def lines_figure(
             low, high = np.percentile(values, 1) / 3, values.max() * 3
             if low < high:
                 axes.set_ylim(low, high)
-    axes.set_title(mpl_text(title), fontsize=10)
+    _title(axes, title)
     if xlabel == "step":
         _integer_steps(axes)
     axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
+    axes.set_ylabel(ylabel, fontsize=9)
     axes.grid(alpha=0.3)
-    _legend(axes, len(lines) + (1 if guide is not None and guide_label else 0))
+    _legend(axes, entries)
     return to_data_uri(figure)
 
 
@@ -220,6 +252,9 @@ def loss_figure(curves: Sequence[LossCurve]) -> str:
     figure, axes_grid = plt.subplots(
         rows, columns, figsize=(7.5 if columns == 1 else 11, 3.0 * rows), squeeze=False
     )
+    figure.subplots_adjust(left=0.85 / (7.5 if columns == 1 else 11), right=0.98,
+                           bottom=0.55 / (3.0 * rows), top=1 - 0.35 / (3.0 * rows),
+                           wspace=0.2, hspace=0.55 if rows > 1 else 0.2)  # fmt: skip
     for index, curve in enumerate(curves):
         axes = axes_grid[index // columns][index % columns]
         x, y = _finite(curve.loss.x, curve.loss.y)
@@ -243,15 +278,15 @@ def loss_figure(curves: Sequence[LossCurve]) -> str:
         elif len(drawn):
             span = max(drawn.max() - drawn.min(), 1e-12)
             axes.set_ylim(drawn.min() - 0.1 * span, drawn.max() + 0.1 * span)
-        axes.set_title(mpl_text(curve.run), fontsize=10)
+        _title(axes, curve.run)
         _integer_steps(axes)
         axes.set_xlabel("step")
         axes.set_ylabel("loss")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, frameon=False)
+        if index == 0:  # one legend: every panel draws the same things
+            axes.legend(fontsize=7, frameon=False)
     for index in range(len(curves), rows * columns):
         axes_grid[index // columns][index % columns].set_visible(False)
-    figure.tight_layout()
     return to_data_uri(figure)
 
 
@@ -272,7 +307,12 @@ def histograms_figure(
     Density = count / (total count * bin width), so layers with different bin widths compare.
     """
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7.5, 3.2))
+    labels = [mpl_text(histogram.label) for histogram in histograms]
+    legend_columns = 2 if len(labels) > 8 and max(map(len, labels)) <= 64 else 1
+    legend_rows = -(-len(labels) // legend_columns)
+    legend_height = 0.15 + 0.115 * legend_rows if labels else 0.0
+    figure = plt.figure(figsize=(7.5, 3.0 + legend_height))
+    axes = _axes_at(figure, 0.85, 0.5 + legend_height, 6.45, 2.2)
     low, high = np.inf, -np.inf
     for histogram, color in zip(histograms, _colors(len(histograms))):
         edges = np.asarray(histogram.edges, float)
@@ -288,12 +328,13 @@ def histograms_figure(
     if np.isfinite(low) and high > low:  # zoom on the occupied bins
         margin = 0.1 * (high - low)
         axes.set_xlim(low - margin, high + margin)
-    axes.set_title(mpl_text(title), fontsize=10)
+    _title(axes, title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("density")
     axes.grid(alpha=0.3)
     if histograms:
-        axes.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2))
+        figure.legend(fontsize=6, frameon=False, loc="lower left", ncol=legend_columns,
+                      bbox_to_anchor=(0.55 / 7.5, 0.02), borderaxespad=0.0)  # fmt: skip
     return to_data_uri(figure)
 
 
@@ -334,4 +375,4 @@ def by_depth_figure(
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, frameon=False)
     figure.tight_layout()
-    return to_data_uri(figure)
+    return to_data_uri(figure, tight=True)  # rotated layer names of any length

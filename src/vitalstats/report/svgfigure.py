@@ -158,10 +158,11 @@ def heatmap_figure(
     for panel in panels:
         parts.append(_text(left, y + 11, _shorten(panel.label, 110), size=10))
         y += 15
+        width = min(max(2.0, plot_width / max(panel.values.shape[1], 1)), 6.0)
         for step in np.unique(panel.marks):
-            width = max(2.0, plot_width / max(panel.values.shape[1], 1))
+            x = min(max(x_of(step) - width / 2, left), left + plot_width - width)
             parts.append(
-                f'<rect x="{x_of(step) - width / 2:.1f}" y="{y:.1f}" width="{width:.1f}" height="4"'
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="4"'
                 f' fill="{MARK_COLOR}"><title>NaN/Inf at step {int(step)}</title></rect>'
             )
         y += 5
