@@ -58,8 +58,8 @@ def write_report(
 ) -> Path:
     """Write the report of ``run`` (None = all runs) in ``store_path`` to ``out_path``.
 
-    ``histogram_steps`` picks the steps of the activation-histogram figures (the nearest
-    recorded step is used; default first, middle and last). Returns the written path.
+    ``histogram_steps`` picks the steps of the histograms-at-a-step figures (the nearest
+    recorded step is used; default the first and the last). Returns the written path.
     Raises ``vitalstats.store.StoreError`` for a missing/foreign/newer store or unknown run.
     """
     out = Path(out_path)
