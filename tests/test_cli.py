@@ -12,7 +12,7 @@ from tests.report.synthetic import make_store
 from vitalstats.cli import build_parser, main
 from vitalstats.commands import COMMAND_MODULES
 
-MY_COMMANDS = ("doctor", "report", "runs", "lint", "export")
+MY_COMMANDS = ("doctor", "report", "watch", "runs", "lint", "export")
 
 
 def _cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def _one_line_error(result: subprocess.CompletedProcess, command: str, *fragment
         assert fragment in err
 
 
-@pytest.mark.parametrize("command", ["report", "runs", "export"])
+@pytest.mark.parametrize("command", ["report", "watch", "runs", "export"])
 def test_missing_store_is_one_line(command, tmp_path):
     extra = ["--tensorboard", str(tmp_path / "tb")] if command == "export" else []
     _one_line_error(_cli(command, str(tmp_path / "nope.sqlite"), *extra), command, "no run store")

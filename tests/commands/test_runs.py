@@ -13,8 +13,8 @@ def test_runs_json_lists_every_run_with_its_last_step(tmp_path, capsys):
     assert main(["runs", str(store), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["run_id"], r["name"], r["status"], r["last_step"], r["findings"]) for r in rows] == [
-        (1, "run-0", "finished", 6, 2),
-        (2, "run-1", "finished", 6, 2),
+        (1, "run-0", "finished", 6, 4),
+        (2, "run-1", "finished", 6, 4),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,35 @@ def test_a_second_doctor_run_into_the_same_store_gets_suffixed_names(tmp_path):
     assert [r.name for r in second.runs] == ["cnn/torch-conventions-2", "cnn/keras-habits-2"]
     text = second.report.read_text()
     assert "<td>cnn/keras-habits-2</td>" in text and "<td>cnn/keras-habits</td>" not in text
+
+
+def test_the_default_store_outlives_the_process_and_is_never_overwritten(tmp_path):
+    """`vitalstats doctor` with no --store keeps runs/doctor.sqlite in the working directory:
+    after the process exits the store is there and reports again; a second doctor adds its runs
+    beside the first ones instead of replacing them."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "vitalstats", "doctor", "--model", "tanh", "--epochs", "1"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    store = tmp_path / "runs" / "doctor.sqlite"
+    assert store.is_file()
+    assert f"store:  {Path('runs') / 'doctor.sqlite'}" in first.stdout
+    again = subprocess.run([sys.executable, "-m", "vitalstats", "report", str(store), "-o",
+                            str(tmp_path / "again.html")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "tanh/gain-5-3" in (tmp_path / "again.html").read_text()
+
+    import os
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert main(["doctor", "--model", "tanh", "--epochs", "1", "--seed", "2"]) == 0
+    finally:
+        os.chdir(cwd)
+    with RunStore(store, readonly=True) as reader:
+        names = [run.name for run in reader.runs()]
+    assert names == ["tanh/naive-init", "tanh/no-gain", "tanh/gain-5-3",
+                     "tanh/naive-init-2", "tanh/no-gain-2", "tanh/gain-5-3-2"]  # fmt: skip

@@ -23,6 +23,14 @@ LAYERS = (
 )
 PARAMETERS = ("net.0.weight", "net.0.bias", "net.1.weight", "net.4.weight")
 HISTOGRAM_EDGES = np.linspace(-1.0, 1.0, 33)
+GRADIENT_EDGES = np.linspace(-12.0, 2.0, 65)  # log10 |g|, as the monitor bins it
+HISTOGRAM_EVERY = 10
+NONFINITE_STEP = 20  # net.2 reports NaN/Inf outputs at this step
+
+
+def gradient_bin(index: int, step: int) -> int:
+    """The bin every sampled gradient of PARAMETERS[index] falls in at ``step`` (drifting down)."""
+    return max(0, 50 - 4 * index - step // HISTOGRAM_EVERY)
 
 
 def loss_at(step: np.ndarray | int, scale: float) -> np.ndarray:
@@ -37,7 +45,8 @@ def write_run(
     end: bool = True,
     findings: bool = True,
 ) -> int:
-    """One run: every contract metric at every step, histograms every 10 steps."""
+    """One run: every contract metric at every step, activation and gradient histograms every
+    10 steps."""
     run_id = store.start_run(
         name=name, config={"lr": 1e-3, "model": {"layers": 5}, "note": HOSTILE_NAME}
     )
@@ -61,12 +70,18 @@ def write_run(
             ("net.1", "bn_var_log_ratio", 0.01 * step),
         ]
         store.add_scalars(run_id, step, rows)
-        if step % 10 == 0:
+        if step == NONFINITE_STEP:
+            store.add_scalars(run_id, step, [("net.2", "act_nonfinite_fraction", 0.25)])
+        if step % HISTOGRAM_EVERY == 0:
             for depth, layer in enumerate(LAYERS):
                 counts = np.histogram(
                     np.tanh(np.linspace(-3, 3, 1000) * 0.5**depth), HISTOGRAM_EDGES
                 )[0]
                 store.add_histogram(run_id, step, layer.name, "act_hist", HISTOGRAM_EDGES, counts)
+            for index, parameter in enumerate(PARAMETERS):
+                counts = np.zeros(len(GRADIENT_EDGES) - 1, dtype=np.int64)
+                counts[gradient_bin(index, step)] = 500
+                store.add_histogram(run_id, step, parameter, "grad_hist", GRADIENT_EDGES, counts)
     store.add_scalars(
         run_id, steps - 1, [("", "eval_loss", float(loss_at(steps - 1, scale)) * 1.2)]
     )
@@ -78,6 +93,10 @@ def write_run(
                  "step": 10, "message": f"{HOSTILE_NAME} is saturated", "fix": "use a <b>gain</b>"},
                 {"code": "GRAD_EXPLODING", "severity": "error", "layer": "net.0.weight",
                  "step": 20, "message": "gradient norm 1e4", "fix": "clip gradients"},
+                {"code": "LR_TOO_HIGH", "severity": "error", "layer": "", "step": 15,
+                 "message": "updates of 1e-1 of the weights", "fix": "lower the lr"},
+                {"code": "BIAS_BEFORE_NORM", "severity": "info", "layer": "net.0", "step": None,
+                 "message": "net.0's bias feeds net.1", "fix": "bias=False"},
             ],
         )  # fmt: skip
     store.flush()

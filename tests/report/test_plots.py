@@ -59,7 +59,7 @@ def test_histogram_density_integrates_to_one():
 def test_loss_figure_handles_empty_and_single_point_series():
     empty = plots.Line("", np.array([]), np.array([]))
     single = plots.Line("loss", np.array([0.0]), np.array([0.7]))
-    curve = plots.LossCurve("run", single, single, empty, empty)
+    curve = plots.LossCurve("run", single, single, empty)
     ElementTree.fromstring(_svg(plots.loss_figure([curve, curve, curve])))
 
 
@@ -81,11 +81,31 @@ def test_a_hundred_thousand_steps_make_a_bounded_figure():
     uri = plots.lines_figure(lines, "long run", "grad norm", log_y=True)
     assert len(uri) < 2_000_000
     loss = plots.Line("loss", steps, np.exp(-steps / 1e4) + 0.01)
-    curve = plots.LossCurve(
-        "long",
-        loss,
-        loss,
-        plots.Line("", steps, np.full(len(steps), 0.01)),
-        plots.Line("", np.array([]), np.array([])),
-    )
+    curve = plots.LossCurve("long", loss, loss, plots.Line("", np.array([]), np.array([])))
     assert len(plots.loss_figure([curve])) < 2_000_000
+
+
+def test_rolling_quantiles_are_the_quantiles_of_each_window():
+    """Oracle: np.quantile of the explicit window of ``window`` points around each centre,
+    shifted inwards at the ends."""
+    rng = np.random.default_rng(1)
+    y = np.exp(rng.normal(size=300))
+    x = np.arange(300.0) * 5
+    centres, bands = plots.rolling_quantiles(x, y, (0.1, 0.5, 0.9), window=21, max_points=50)
+    assert len(centres) == 50 and bands.shape == (3, 50)
+    for k, centre in enumerate(centres):
+        i = int(centre // 5)
+        start = min(max(i - 10, 0), 300 - 21)
+        np.testing.assert_allclose(bands[:, k], np.quantile(y[start : start + 21], [0.1, 0.5, 0.9]))
+
+
+def test_the_loss_band_never_leaves_the_range_the_loss_took():
+    """A loss between 0.1 and 3 with occasional spikes: the band stays inside [min, max] of the
+    loss (the old mean +- 2 std band reached 1e-8 on such a run)."""
+    rng = np.random.default_rng(2)
+    steps = np.arange(2000.0)
+    loss = np.clip(3 * np.exp(-steps / 400) + 0.1 * rng.lognormal(size=2000), 0.1, 3.0)
+    loss[::97] = 3.0  # spikes
+    _, (low, median, high) = plots.rolling_quantiles(steps, loss)
+    assert low.min() >= loss.min() and high.max() <= loss.max()
+    assert np.all(low <= median) and np.all(median <= high)

@@ -17,8 +17,9 @@ from vitalstats.report import write_report
 from vitalstats.store import LayerInfo, RunStore, StoreError
 
 SECTION_IDS = (
-    "run-metadata", "findings", "loss", "activation-histograms", "activations-by-depth",
-    "gradient-norms", "update-to-data", "batchnorm-drift", "adam-moments", "comparison",
+    "run-metadata", "findings", "loss", "activation-heatmaps", "gradient-heatmaps",
+    "activation-histograms", "activations-by-depth", "gradient-norms", "update-to-data",
+    "batchnorm-drift", "adam-moments", "comparison",
 )  # fmt: skip
 
 
@@ -103,14 +104,42 @@ def test_hostile_name_is_escaped_inside_figures(report):
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in svg for svg in svgs)
 
 
-def test_findings_table_lists_every_stored_finding_most_severe_first(report):
+def _section(text: str, anchor: str) -> str:
+    return text.split(f'<section id="{anchor}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_findings_are_told_root_cause_first_with_consequences_nested(report):
+    """LR_TOO_HIGH explains ACT_SATURATED and GRAD_EXPLODING (vitalstats.monitor.story.EXPLAINS):
+    they are nested rows under it in step order; BIAS_BEFORE_NORM (info) is a root of its own,
+    after the error's cascade."""
     store_path, text = report
     with RunStore(store_path, readonly=True) as store:
-        stored = [f for info in store.runs() for f in store.findings(info.run_id)]
-    section = text.split('id="findings"', 1)[1].split("</section>", 1)[0]
-    severities = re.findall(r'<span class="badge (\w+)">', section)
-    assert len(severities) == len(stored) == 4
-    assert severities == sorted(severities, key=["error", "warning", "info"].index)
+        stored = [(info.name, f) for info in store.runs() for f in store.findings(info.run_id)]
+    section = _section(text, "findings")
+    rows = re.findall(r"<tr class='(root|consequence)'>(.*?)</tr>", section, re.S)
+    assert len(rows) == len(stored) == 8  # one row per code and run here
+    for run in ("run-0", "run-1"):
+        told = [(kind, re.search(r"<code>(\w+)</code>", row).group(1))
+                for kind, row in rows if f"<td>{run}</td>" in row]  # fmt: skip
+        assert told == [("root", "LR_TOO_HIGH"), ("consequence", "ACT_SATURATED"),
+                        ("consequence", "GRAD_EXPLODING"), ("root", "BIAS_BEFORE_NORM")]  # fmt: skip
+    for _, finding in stored:
+        assert f"<code>{finding['code']}</code>" in section
+    assert "Findings (8)" in text
+
+
+def test_a_code_seen_on_many_layers_is_one_row_listing_them(tmp_path):
+    path = tmp_path / "many.sqlite"
+    with RunStore(path) as store:
+        run = store.start_run("many")
+        store.add_findings(run, [
+            {"code": "DEAD_RELU", "severity": "warning", "layer": f"net.{i}", "step": 10 + i,
+             "message": f"dead units in net.{i}", "fix": "lower the lr"} for i in (1, 3, 5)
+        ])  # fmt: skip
+    section = _section(write_report(path, tmp_path / "r.html").read_text(), "findings")
+    rows = re.findall(r"<tr class='root'>(.*?)</tr>", section, re.S)
+    assert len(rows) == 1
+    assert "<td>net.1, net.3, net.5</td>" in rows[0] and "<td>11</td>" in rows[0]
 
 
 def test_metadata_shows_the_recorded_step_range(report):
@@ -277,3 +306,90 @@ def test_report_while_another_process_is_writing(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def _figures(section: str) -> dict[str, str]:
+    """caption -> the figure's SVG data URI, for each figure of a section."""
+    found = re.findall(r'<img src="([^"]+)" alt="[^"]*" loading="eager"><figcaption>([^<]*)</figcaption>',
+                       section)  # fmt: skip
+    return {caption: uri for uri, caption in found}
+
+
+def test_heat_maps_come_per_layer_group_under_headings_that_say_so(report):
+    _, text = report
+    parsed_titles = [t for t in re.findall(r"<h2>([^<]*)</h2>", text)]
+    assert "Activation histograms over time" in parsed_titles
+    assert "Gradient histograms over time" in parsed_titles
+    activations = _figures(_section(text, "activation-heatmaps"))
+    gradients = _figures(_section(text, "gradient-heatmaps"))
+    for run in ("run-0", "run-1"):
+        for group in ("activation functions", "weighted layers (pre-activations)",
+                      "normalisation layers"):  # fmt: skip
+            assert f"{run}: activation histograms over steps of the {group}" in activations
+        for group in ("weights", "biases", "normalisation parameters"):
+            assert f"{run}: gradient histograms over steps of the {group}" in gradients
+
+
+def test_gradient_heat_map_pixels_follow_the_stored_bins(report):
+    """synthetic.gradient_bin says where every gradient of net.0.weight was counted at each
+    step: in the drawn panel that bin is the brightest pixel of the step's column."""
+    from tests.report.synthetic import HISTOGRAM_EVERY, gradient_bin
+
+    _, text = report
+    uri = _figures(_section(text, "gradient-heatmaps"))[
+        "run-0: gradient histograms over steps of the weights"
+    ]
+    svg = ElementTree.fromstring(base64.b64decode(uri.split(",", 1)[1]))
+    first_panel = next(svg.iter("{http://www.w3.org/2000/svg}image")).get("href")
+    import io
+
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(first_panel.split(",", 1)[1]))))
+    brightness = pixels.astype(int).sum(axis=2)
+    assert pixels.shape[:2] == (64, 3)  # 64 bins x snapshots at steps 0, 10, 20 (30 steps)
+    for column in range(3):
+        bin_index = gradient_bin(0, column * HISTOGRAM_EVERY)
+        assert np.argmax(brightness[:, column]) == 63 - bin_index  # top row = last bin
+
+
+def test_a_step_with_nan_or_inf_outputs_is_marked_on_its_layer(report):
+    from tests.report.synthetic import NONFINITE_STEP
+
+    _, text = report
+    uri = _figures(_section(text, "activation-heatmaps"))[
+        "run-0: activation histograms over steps of the activation functions"
+    ]
+    svg = base64.b64decode(uri.split(",", 1)[1]).decode()
+    assert svg.count(f"<title>NaN/Inf at step {NONFINITE_STEP}</title>") == 1  # net.2 only
+
+
+def test_gradient_histograms_at_chosen_steps_sit_beside_the_activation_ones(report):
+    _, text = report
+    captions = list(_figures(_section(text, "activation-histograms")))
+    assert captions[:4] == ["run-0: activations at step 0", "run-0: gradients at step 0",
+                            "run-0: activations at step 20", "run-0: gradients at step 20"]  # fmt: skip
+
+
+def test_many_layers_become_one_heat_map_row_per_layer(tmp_path):
+    path = tmp_path / "deep.sqlite"
+    names = [f"net.{i}.weight" for i in range(40)]
+    with RunStore(path) as store:
+        run = store.start_run("deep")
+        store.add_layers(run, [LayerInfo(f"net.{i}", "Linear", 1, 4) for i in range(40)])
+        for step in range(0, 50, 5):
+            store.add_scalars(run, step, [(n, "grad_norm", 10.0 ** -(i / 10)) for i, n in enumerate(names)]
+                              + [("", "loss", 1.0)])  # fmt: skip
+    section = _section(write_report(path, tmp_path / "r.html").read_text(), "gradient-norms")
+    (caption,) = _figures(section)
+    assert caption.startswith("deep: grad_norm: 40 layers or parameters, one row each")
+
+
+def test_run_level_metrics_this_version_does_not_know_are_still_drawn(tmp_path):
+    path = tmp_path / "new.sqlite"
+    with RunStore(path) as store:
+        run = store.start_run("newer")
+        for step in range(5):
+            store.add_scalars(run, step, [("", "loss", 1.0), ("", "amp_scale", 2.0**16)])
+    section = _section(write_report(path, tmp_path / "r.html").read_text(), "comparison")
+    assert "amp_scale of every run" in _figures(section)

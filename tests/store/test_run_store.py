@@ -305,3 +305,51 @@ def test_numpy_scalars_and_integer_values(store):
     assert store.series(run, "", "a")[1].tolist() == [0.5]
     assert store.series(run, "", "b")[1].tolist() == [3.0]
     assert not math.isnan(store.series(run, "", "b")[1][0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    steps=st.lists(st.integers(-50, 10**9), min_size=1, max_size=30, unique=True),
+    start=st.integers(-60, 10**9),
+)
+def test_series_from_a_start_step_is_the_tail_of_the_whole_series(tmp_path_factory, steps, start):
+    """Oracle: the full series filtered to steps >= start."""
+    with vs.RunStore(tmp_path_factory.mktemp("tail") / "run.sqlite") as store:
+        run = store.start_run()
+        for step in steps:
+            store.add_scalars(run, step, [("", "loss", step * 0.5)])
+        all_steps, all_values = store.series(run, "", "loss")
+        tail_steps, tail_values = store.series(run, "", "loss", start=start)
+    keep = all_steps >= start
+    np.testing.assert_array_equal(tail_steps, all_steps[keep])
+    np.testing.assert_array_equal(tail_values, all_values[keep])
+    assert tail_steps.dtype == np.int64 and tail_values.dtype == np.float64
+
+
+def test_latest_gives_each_series_its_last_step_and_value(store):
+    """Oracle: the last element of each full series."""
+    run = store.start_run("latest")
+    other = store.start_run("other")
+    rng = np.random.default_rng(0)
+    written = {}
+    for layer, metric in [("", "loss"), ("fc", "act_std"), ("fc.weight", "grad_norm")]:
+        steps = np.sort(rng.choice(1000, size=20, replace=False))
+        for step in steps:
+            store.add_scalars(run, int(step), [(layer, metric, float(rng.normal()))])
+        written[(layer, metric)] = store.series(run, layer, metric)
+    store.add_scalars(run, 5, [("fc", "act_dead_fraction", float("nan"))])
+    store.add_scalars(other, 10**6, [("", "loss", 9.0)])  # another run's rows stay out
+    store.add_histogram(run, 2000, "fc", "act_std", np.array([0.0, 1.0]), np.array([3]))
+    latest = store.latest(run)
+    assert set(latest) == {*written, ("fc", "act_dead_fraction")}
+    for key, (steps, values) in written.items():
+        assert latest[key] == (int(steps[-1]), float(values[-1]))
+    assert latest[("fc", "act_dead_fraction")][0] == 5
+    assert math.isnan(latest[("fc", "act_dead_fraction")][1])
+    assert set(store.latest(run, ["loss", "grad_norm"])) == {
+        ("", "loss"),
+        ("fc.weight", "grad_norm"),
+    }
+    assert store.latest(run, []) == {}
+    with pytest.raises(StoreError, match="no run 'ghost'"):
+        store.latest("ghost")

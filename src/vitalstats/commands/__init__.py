@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Order is the order shown by ``vitalstats --help``.
-COMMAND_MODULES: tuple[str, ...] = ("doctor", "report", "runs", "lint", "export", "propagate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "doctor", "report", "watch", "runs", "lint", "export", "propagate",
+)  # fmt: skip
 
 
 class CommandError(Exception):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
+import shlex
 from pathlib import Path
 
 from vitalstats.commands import CommandError, check_output_file, store_errors
 
+DEFAULT_STORE = Path("runs") / "doctor.sqlite"  # relative to the working directory
+
 EXAMPLES = """\
 examples:
-  vitalstats doctor                          # every model, default epochs (under 2 minutes)
+  vitalstats doctor                          # every model -> runs/doctor.sqlite + vitalstats-report.html
   vitalstats doctor --model tanh --epochs 3  # only the deep tanh MLPs
-  vitalstats doctor --store runs/doctor.sqlite --out doctor.html
+  vitalstats doctor --store runs/mine.sqlite --out doctor.html
   vitalstats report runs/doctor.sqlite -o again.html   # re-draw the report from the store
+  vitalstats watch runs/doctor.sqlite --once           # the latest run's health in the terminal
 """
 
 MODEL_CHOICES = ("all", "mlp", "cnn", "tanh")
@@ -55,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--store",
         type=Path,
         default=None,
-        help="run store to write (default: a new file in a temporary directory)",
+        help=(
+            f"run store to write (default: {DEFAULT_STORE} in the working directory, created if "
+            "missing; runs already in a store are kept and new ones get a suffixed name)"
+        ),
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.set_defaults(func=run)
@@ -81,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
     )
     store = args.store
     if store is None:
-        store = Path(tempfile.mkdtemp(prefix="vitalstats-doctor-")) / "doctor.sqlite"
+        store = DEFAULT_STORE
+        if store.parent.is_file():
+            raise CommandError(
+                f"cannot keep the store in {store.parent}/: it is a file; pass --store"
+            )
     elif not store.parent.exists():
         raise CommandError(f"--store {store}: directory {store.parent} does not exist")
+    if store.is_dir():
+        raise CommandError(
+            f"--store {store} is a directory; give a file such as {store / 'doctor.sqlite'}"
+        )
     check_output_file(args.out)
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -103,11 +117,28 @@ def _run(args: argparse.Namespace, families: tuple[str, ...], store: Path, devic
     console = Console()
     console.print(f"[bold]vitalstats doctor[/bold]: training {', '.join(families)} on {device}")
     with store_errors():
+        earlier = _runs_in(store)
         result = run_doctor(
             families, epochs=args.epochs, seed=args.seed, device=device, store=store,
             out=args.out, console=console,
         )  # fmt: skip
     print_summary(console, result.runs)
-    console.print(f"store:  {result.store}")
-    console.print(f"report: {result.report}  (open it in a browser)")
+    kept = f"; {earlier} earlier run(s) kept" if earlier else ""
+    console.print(
+        f"store:  {result.store}  ({len(result.runs)} run(s) added{kept})", highlight=False
+    )
+    console.print(f"report: {result.report}  (open it in a browser)", highlight=False)
+    selection = "" if not earlier else "".join(f" --run {shlex.quote(r.name)}" for r in result.runs)
+    console.print(f"again:  vitalstats report {result.store}{selection} -o {result.report}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
     return 0
+
+
+def _runs_in(store: Path) -> int:
+    """How many runs ``store`` already holds (0 when it does not exist yet)."""
+    from vitalstats.store import RunStore
+
+    if not store.exists():
+        return 0
+    with RunStore(store, readonly=True) as existing:
+        return len(existing.runs())

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     import vitalstats as vs
-    from vitalstats.doctor.summary import findings_text
+    from vitalstats.report.terminal import findings_text
 
     model = build_model(args.factory)
     example = None if args.input_shape is None else torch.randn(args.input_shape)

@@ -20,10 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write a self-contained HTML report of a run store",
         description=(
-            "Writes one offline HTML file (figures inlined) from a run store: findings with "
-            "fixes, loss with its EWM band, activation histograms, statistics by depth, "
-            "gradient norms, update:data ratios, BatchNorm drift and Adam moments. Works on a "
-            "run that is still being written."
+            "Writes one offline HTML file (figures inlined) from a run store: findings told "
+            "root cause first with fixes, loss with a rolling-quantile band, activation and "
+            "gradient histograms over time (heat maps per layer group) and at chosen steps, "
+            "statistics by depth, gradient norms, update:data ratios, BatchNorm drift and Adam "
+            "moments. Works on a run that is still being written."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--histogram-steps", type=_steps, default=None, metavar="STEPS",
-        help="comma-separated steps for the activation histograms (default: first, middle, last)",
+        help="comma-separated steps for the histograms at chosen steps (default: first, last)",
     )  # fmt: skip
     parser.set_defaults(func=run)
 

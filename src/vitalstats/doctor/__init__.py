@@ -49,14 +49,14 @@ def run_doctor(
     epochs: int | None = None,
     seed: int = 0,
     device: str = "cpu",
-    store: str | Path = "vitalstats-doctor.sqlite",
+    store: str | Path = "runs/doctor.sqlite",
     out: str | Path | None = "vitalstats-report.html",
     console: Console | None = None,
 ) -> DoctorResult:
     """Train every configuration of ``families`` into ``store``, then write the report ``out``.
 
-    Runs already in ``store`` under the same names are kept; the new ones get a suffix
-    (the store keeps run names unique). Progress goes to ``console`` (a rich Console; quiet
+    ``store``'s directory is created if missing. Runs already in ``store`` are kept, never
+    overwritten: new runs with the same names get a suffix (the store keeps names unique). Progress goes to ``console`` (a rich Console; quiet
     when None) with one bar per run.
     """
     from rich.console import Console
@@ -67,6 +67,7 @@ def run_doctor(
     console = console or Console(quiet=True)
 
     store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
     chosen = configurations(tuple(families))
     splits: dict[str, Split] = {}
     results: list[RunResult] = []

@@ -1,4 +1,5 @@
-"""The doctor's terminal output: a results table and a findings table (rich)."""
+"""The doctor's terminal output: a results table and each run's findings told as a story
+(root causes first, what they explain nested under them; ``vitalstats.report.terminal``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from vitalstats.doctor.train import RunResult
+from vitalstats.report.story import count
+from vitalstats.report.terminal import findings_text
 
-_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-
-
-def _field(finding: object, name: str) -> object:
-    return finding.get(name) if isinstance(finding, dict) else getattr(finding, name, None)
+__all__ = ["findings_text", "print_findings", "print_summary", "results_table"]
 
 
 def results_table(results: Sequence[RunResult], with_lessons: bool = True) -> Table:
@@ -36,54 +34,13 @@ def results_table(results: Sequence[RunResult], with_lessons: bool = True) -> Ta
             f"{result.test_accuracy:.1%}",
             str(result.steps),
             f"{result.seconds:.1f}s",
-            str(len(result.findings)),
+            str(count(result.findings)),
         )
     return table
 
 
-def group_findings(findings: Sequence[object]) -> list[tuple[object, list[str]]]:
-    """Findings with the same code and message text pattern folded together: one entry per
-    code, most severe first, with every layer it was seen at (the first finding speaks for all).
-    """
-    groups: dict[str, tuple[object, list[str]]] = {}
-    for finding in findings:
-        code = str(_field(finding, "code"))
-        layer = str(_field(finding, "layer") or "")
-        if code not in groups:
-            groups[code] = (finding, [])
-        if layer and layer not in groups[code][1]:
-            groups[code][1].append(layer)
-    return sorted(groups.values(), key=lambda g: (_SEVERITY_ORDER.get(str(_field(g[0], "severity")), 3),
-                                                 _field(g[0], "step") or 0))  # fmt: skip
-
-
-def findings_text(findings: Sequence[object], max_layers: int = 6) -> Table:
-    """Grouped findings as a borderless grid (wrapped text keeps its indent): severity, then
-    code, layers, step, the first message and its fix."""
-    grid = Table.grid(padding=(0, 1, 1, 2))
-    grid.add_column(no_wrap=True)
-    grid.add_column(ratio=1)
-    for finding, layers in group_findings(findings):
-        severity = str(_field(finding, "severity"))
-        body = Text(str(_field(finding, "code")), style="bold")
-        if layers:
-            more = len(layers) - max_layers
-            body.append(
-                "  at " + ", ".join(layers[:max_layers]) + (f" +{more} more" if more > 0 else "")
-            )
-        step = _field(finding, "step")
-        if step is not None:
-            body.append(f" (step {step})", style="dim")
-        body.append(f"\n{_field(finding, 'message')}")
-        fix = _field(finding, "fix")
-        if fix:
-            body.append(f"\nfix: {fix}", style="green")
-        grid.add_row(Text(severity, style=_SEVERITY_STYLE.get(severity, "")), body)
-    return grid
-
-
 def print_findings(console: Console, results: Sequence[RunResult]) -> None:
-    """Each run's findings, grouped by code (the HTML report lists every one)."""
+    """Each run's findings as a story: one entry per code, root causes first."""
     console.print(Text("Findings", style="bold"))
     for result in results:
         if result.findings:

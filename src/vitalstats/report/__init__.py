@@ -62,8 +62,8 @@ def write_report(
     ``store_path`` may also be a live ``vs.Monitor`` with a store: it is flushed first and
     its run is reported. Under torch.distributed that flush is a collective, so call it on
     every rank: rank 0 writes and returns the path, the other ranks return None.
-    ``histogram_steps`` picks the steps of the activation-histogram figures (the nearest
-    recorded step is used; default first, middle and last). Returns the written path.
+    ``histogram_steps`` picks the steps of the histograms-at-a-step figures (the nearest
+    recorded step is used; default the first and the last). Returns the written path.
     Raises ``vitalstats.store.StoreError`` for a missing/foreign/newer store or unknown run.
     """
     if hasattr(store_path, "flush") and hasattr(store_path, "store_path"):

@@ -107,6 +107,9 @@ figcaption, .note { color: var(--muted); font-size: 12px; }
 .badge.error { background: #c0392b; } .badge.warning { background: #d68910; }
 .badge.info { background: #2471a3; }
 .fix { color: #1e8449; }
+tr.consequence td { background: #fafbfc; }
+tr.consequence td:nth-child(3) { padding-left: 28px; }
+.explains { display: block; color: var(--muted); font-size: 11px; }
 #vs-errors { display: none; color: #c0392b; }
 html[data-status="errors"] #vs-errors { display: block; }
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +112,47 @@ def _series_id(
 
 
 def series(
-    connection: sqlite3.Connection, run_id: int, layer: str, metric: str
+    connection: sqlite3.Connection, run_id: int, layer: str, metric: str, start: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(steps int64, values float64) sorted by step; NaN comes back from SQL NULL."""
+    """(steps int64, values float64) sorted by step, only steps >= ``start`` when given (an
+    incremental read of a live run: one range scan of the clustered key); NaN comes back from
+    SQL NULL."""
     series_id = _series_id(connection, run_id, "scalar", layer, metric)
     rows = (
         []
         if series_id is None
         else connection.execute(
-            "SELECT step, value FROM scalars WHERE series_id = ? ORDER BY step", (series_id,)
+            "SELECT step, value FROM scalars WHERE series_id = ? AND step >= ? ORDER BY step",
+            (series_id, -(2**63) if start is None else int(start)),
         ).fetchall()
     )
     steps = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     values = np.array([row[1] for row in rows], dtype=np.float64).reshape(len(rows))
     return steps, values
+
+
+def latest_scalars(
+    connection: sqlite3.Connection, run_id: int, metrics: Sequence[str] | None = None
+) -> dict[tuple[str, str], tuple[int, float]]:
+    """{(layer, metric): (step, value)} of each scalar series' last recorded step, for every
+    metric or only ``metrics``: one index seek per series, however long the run."""
+    query = (
+        "SELECT s.layer, s.metric, c.step, c.value FROM series AS s "
+        "JOIN scalars AS c ON c.series_id = s.series_id "
+        "WHERE s.run_id = ? AND s.kind = 'scalar' "
+        "AND c.step = (SELECT max(step) FROM scalars WHERE series_id = s.series_id)"
+    )
+    parameters: list[Any] = [run_id]
+    if metrics is not None:
+        names = list(metrics)
+        if not names:
+            return {}
+        query += f" AND s.metric IN ({', '.join('?' * len(names))})"
+        parameters += names
+    return {
+        (layer, metric): (step, float("nan") if value is None else value)
+        for layer, metric, step, value in connection.execute(query, parameters)
+    }
 
 
 def histograms(

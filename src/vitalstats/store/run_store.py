@@ -233,9 +233,20 @@ class RunStore:
         """Sorted layer names with data in ``run`` (modules, parameters and "" for run-level)."""
         return self._read(lambda c: reader.series_layers(c, self._resolve(c, run), metric, kind))
 
-    def series(self, run: RunRef, layer: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps int64, values float64) sorted by step; empty arrays if nothing was written."""
-        return self._read(lambda c: reader.series(c, self._resolve(c, run), layer, metric))
+    def series(
+        self, run: RunRef, layer: str, metric: str, *, start: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(steps int64, values float64) sorted by step; empty arrays if nothing was written.
+        ``start``: only steps >= start (to follow a live run without re-reading it)."""
+        return self._read(lambda c: reader.series(c, self._resolve(c, run), layer, metric, start))
+
+    def latest(
+        self, run: RunRef, metrics: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], tuple[int, float]]:
+        """``{(layer, metric): (step, value)}``: every scalar series' last recorded value (only
+        ``metrics`` when given). Cheap on a long run: one index seek per series."""
+        wanted = None if metrics is None else list(metrics)
+        return self._read(lambda c: reader.latest_scalars(c, self._resolve(c, run), wanted))
 
     def histograms(
         self, run: RunRef, layer: str, metric: str
