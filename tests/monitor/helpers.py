@@ -47,7 +47,7 @@ def everything(**overrides) -> MonitorConfig:
 
 def flat(findings) -> list:
     """diagnose()'s story, one finding per line (roots and their consequences)."""
-    from vitalstats.monitor.story import flatten
+    from vitalstats.monitor.causes import flatten
 
     return flatten(findings)
 

@@ -12,7 +12,10 @@ import vitalstats as vs
 from tests.monitor.helpers import batches, codes, everything, flat, mlp, run_codes, train
 from vitalstats.monitor import CODES, MonitorConfig, Thresholds
 
-DISTRIBUTED_ONLY = {"BN_BUFFER_DIVERGENCE"}  # provoked in test_distributed.py
+PROVOKED_ELSEWHERE = {
+    "BN_BUFFER_DIVERGENCE": "test_distributed.py",
+    "AMP_STEPS_SKIPPED": "test_amp.py",
+}
 
 
 def _healthy_model() -> nn.Sequential:
@@ -385,10 +388,137 @@ def test_frozen_batchnorm_still_updating_running_statistics():
     assert "BN_FROZEN_BUT_UPDATING" not in codes(_diagnose(model, opt, batches(1)))
 
 
+# ------------------------------------------------------------------------------- the loop
+def _loop(model, opt, steps, data=None, zero=True, loss_fn=nn.functional.cross_entropy,
+          config=None, accumulate=1):  # fmt: skip
+    monitor = vs.Monitor(model, optimizer=opt, config=config or MonitorConfig())
+    for i, (x, y) in enumerate(data if data is not None else batches(steps * accumulate)):
+        loss = loss_fn(model(x), y) / accumulate
+        loss.backward()
+        if (i + 1) % accumulate == 0:
+            opt.step()
+            if zero:
+                opt.zero_grad()
+            monitor.step(loss=loss)
+    found = flat(monitor.diagnose())
+    monitor.close()
+    return found
+
+
+def test_gradients_never_zeroed():
+    model = mlp()
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-3), 8, zero=False)
+    not_zeroed = [f for f in found if f.code == "GRAD_NOT_ZEROED"]
+    assert not_zeroed and not_zeroed[0].step == 1 and "zero_grad()" in not_zeroed[0].message
+
+
+def test_deliberate_gradient_accumulation_is_not_a_missing_zero_grad():
+    model = mlp()
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-3), 8, accumulate=4)
+    assert "GRAD_NOT_ZEROED" not in codes(found)
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, final: nn.Module) -> None:
+        super().__init__()
+        self.net, self.final = mlp(), final
+
+    def forward(self, x):
+        return self.final(self.net(x))
+
+
+def test_softmax_output_fed_to_cross_entropy():
+    model = _Probabilities(nn.Softmax(dim=1))
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 2)
+    [finding] = [f for f in found if f.code == "LOSS_ON_PROBABILITIES"]
+    assert "cross_entropy" in finding.message and "softmax" in finding.message
+
+
+def test_sigmoid_output_fed_to_bce_with_logits():
+    model = _Probabilities(nn.Sigmoid())
+    data = [(x, nn.functional.one_hot(y, 4).float()) for x, y in batches(2)]
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 2, data=data,
+                  loss_fn=nn.functional.binary_cross_entropy_with_logits)  # fmt: skip
+    assert "LOSS_ON_PROBABILITIES" in codes(found)
+
+
+def test_log_of_softmax_with_nll_is_a_correct_loss():
+    model = _Probabilities(nn.Softmax(dim=1))
+
+    def nll_of_log(probabilities, y):
+        return nn.functional.nll_loss(torch.log(probabilities), y)
+
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 2, loss_fn=nll_of_log)
+    assert "LOSS_ON_PROBABILITIES" not in codes(found)
+
+
+def _dropout_bn_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Dropout(0.2), nn.Linear(32, 4))  # fmt: skip
+
+
+def test_training_steps_after_model_eval_was_never_undone():
+    model = _dropout_bn_model().eval()
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 3)
+    [finding] = [f for f in found if f.code == "STEP_IN_EVAL_MODE"]
+    assert "1" in finding.message and "3" in finding.message and "model.train()" in finding.fix
+
+
+def test_training_mode_is_silent():
+    model = _dropout_bn_model()
+    assert "STEP_IN_EVAL_MODE" not in codes(
+        _loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 3)
+    )
+
+
+def test_unscaled_inputs():
+    scales = torch.tensor([1.0, 1.0, 1e3, 4e3, 0.01, 1.0, 1.0, 1.0])  # "miles driven"
+    data = [(x * scales, y) for x, y in batches(2)]
+    model = mlp()
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=1e-5), 2, data=data)
+    [finding] = [f for f in found if f.code == "INPUT_SCALE"]
+    assert "vs.data.Standardize" in finding.fix and "span" in finding.message
+
+
+def test_standardised_inputs_are_silent():
+    model = mlp()
+    assert "INPUT_SCALE" not in codes(_loop(model, torch.optim.SGD(model.parameters(), lr=1e-2), 2))
+
+
+def test_a_plateau_from_the_start():
+    model = mlp()
+    found = _loop(
+        model, torch.optim.SGD(model.parameters(), lr=1e-6), 200, data=batches(200, batch=64)
+    )
+    assert "LOSS_PLATEAU" in codes(found)
+
+
+def test_a_learning_rate_far_too_high_is_named_before_the_run_turns_nan():
+    model = mlp((8, 64, 64, 4))
+    data = list(_teacher_batches(120))
+    found = _loop(model, torch.optim.SGD(model.parameters(), lr=5.0), 120, data=data)
+    told = vs.monitor.story(found)
+    assert told[0].code == "LR_TOO_HIGH", [f.code for f in told]
+    assert "lower the learning rate" in told[0].fix
+
+
+def test_logits_growing_without_bound():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=20.0)  # separable data: logits grow
+    config = MonitorConfig(activations_every=5, flush_every=20)
+    found = _loop(model, opt, 100, data=list(_teacher_batches(100)), config=config)
+    assert "LOGIT_GROWTH" in codes(found)
+
+
 def test_every_code_has_a_provoking_test():
     import inspect
     import sys
+    from pathlib import Path
 
     source = inspect.getsource(sys.modules[__name__])
-    for code in set(CODES) - DISTRIBUTED_ONLY:
+    for code in set(CODES) - set(PROVOKED_ELSEWHERE):
         assert source.count(f'"{code}"') >= 1, code
+    for code, file in PROVOKED_ELSEWHERE.items():
+        assert f'"{code}"' in (Path(__file__).parent / file).read_text(), code

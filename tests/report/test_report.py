@@ -109,7 +109,7 @@ def _section(text: str, anchor: str) -> str:
 
 
 def test_findings_are_told_root_cause_first_with_consequences_nested(report):
-    """LR_TOO_HIGH explains ACT_SATURATED and GRAD_EXPLODING (vitalstats.monitor.story.EXPLAINS):
+    """LR_TOO_HIGH explains ACT_SATURATED and GRAD_EXPLODING (vitalstats.monitor.causes.EXPLAINS):
     they are nested rows under it in step order; BIAS_BEFORE_NORM (info) is a root of its own,
     after the error's cascade."""
     store_path, text = report

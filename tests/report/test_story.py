@@ -1,5 +1,5 @@
 """told(): whatever holds findings (Finding objects, store rows, a story already told) gives
-the same story as vitalstats.monitor.story on the raw findings; the terminal nests it."""
+the same story as vitalstats.monitor.causes on the raw findings; the terminal nests it."""
 
 from __future__ import annotations
 

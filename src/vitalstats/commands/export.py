@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from vitalstats.report.tensorboard import _summary_writer_class, export_tensorboard
+        from vitalstats.store.tensorboard import _summary_writer_class, export_tensorboard
 
         _summary_writer_class()
     except ImportError as error:

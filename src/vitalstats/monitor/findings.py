@@ -143,6 +143,17 @@ class Finding:
 _FIELD_NAMES = ("code", "severity", "layer", "step", "message", "fix", "layers", "consequences")
 
 
+class TrainingStopped(RuntimeError):
+    """Raised by ``Monitor.step()`` when a finding matches the monitor's ``stop_on``: the run
+    is unhealthy and the user asked not to spend more compute on it. ``findings`` holds the
+    findings that matched; everything measured so far is in the run store."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = findings
+        lines = "\n".join(f"  {f}" for f in findings)
+        super().__init__(f"vs.Monitor stopped the run (stop_on matched):\n{lines}")
+
+
 def make_finding(code: str, layer: str, step: int | None, message: str, fix: str) -> Finding:
     """A ``Finding`` whose severity comes from ``CODES``."""
     return Finding(code, CODES[code][0], layer, step, message, fix)
@@ -154,6 +165,7 @@ class FindingLog:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], Finding] = {}
         self._unsaved: list[Finding] = []
+        self._unannounced: list[Finding] = []
 
     def add(self, finding: Finding) -> bool:
         key = (finding.code, finding.layer)
@@ -161,7 +173,13 @@ class FindingLog:
             return False
         self._by_key[key] = finding
         self._unsaved.append(finding)
+        self._unannounced.append(finding)
         return True
+
+    def take_new(self) -> list[Finding]:
+        """Findings added since the last call (what the monitor announces at each flush)."""
+        out, self._unannounced = self._unannounced, []
+        return out
 
     def has(self, code: str, layer: str | None = None) -> bool:
         if layer is not None:

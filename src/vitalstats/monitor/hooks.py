@@ -116,7 +116,7 @@ class Hooks:
         if not module.training and not s.lint and self._mode_layers:
             in_eval = [name for name, m in self._mode_layers if not m.training]
             if in_eval:
-                s.observe("forward_in_eval_mode", "", layers=in_eval)
+                s.eval_mode_layers = in_eval  # a step taken after this is in eval mode
         if not s.due.nonfinite and not s.due.activations:
             return
         x = input_tensor(args, kwargs)

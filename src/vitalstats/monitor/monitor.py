@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
+import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,16 @@ from torch import nn
 
 from vitalstats.monitor import linting
 from vitalstats.monitor import registry as r
+from vitalstats.monitor.causes import story
 from vitalstats.monitor.config import MonitorConfig
 from vitalstats.monitor.diagnoses import Diagnoser, RunContext, optimizer_family, parameter_role
-from vitalstats.monitor.findings import Finding, FindingLog
+from vitalstats.monitor.findings import CODES, Finding, FindingLog, TrainingStopped
 from vitalstats.monitor.hooks import Hooks
 from vitalstats.monitor.metrics import DEVICE_SUFFIX, StepMetrics, derive
 from vitalstats.monitor.norm_layers import BN_RUNNING_NONFINITE, is_batchnorm
 from vitalstats.monitor.norm_layers import running_nonfinite_flags as bn_running_nonfinite
 from vitalstats.monitor.parameters import ParameterProbe
-from vitalstats.monitor.probes import is_embedding, layer_kind
+from vitalstats.monitor.probes import is_embedding, layer_kind, probabilities_fed_to_logit_loss
 from vitalstats.monitor.recorder import StepAccumulator, StepRecord, gather
 from vitalstats.monitor.selection import (
     Patterns,
@@ -51,7 +54,6 @@ from vitalstats.monitor.selection import (
 )
 from vitalstats.monitor.sinks import StoreSink, TensorBoardSink
 from vitalstats.monitor.state import MeasureState
-from vitalstats.monitor.story import story
 
 STALE_GRAPH_WARNING = (
     "vs.Monitor: this model was compiled with torch.compile and its graph was built before "
@@ -87,6 +89,12 @@ class Monitor:
     also receives every flushed window as TensorBoard scalars and histograms; ``scaler``: a
     ``torch.amp.GradScaler`` whose scale is recorded (skipped steps are recorded either way).
     Works on DDP- and FSDP2-wrapped models and on models compiled after attaching.
+
+    Findings are announced when found (at each flush): one record each on the ``vitalstats``
+    logger (info/warning/error levels) and ``on_finding(finding)`` if given. ``stop_on``
+    (``"error"`` for any error, or a collection of codes) makes ``step()`` raise
+    ``TrainingStopped`` on the first matching finding; it also checks the loss for NaN/Inf on
+    every step (one host read of the loss per step, the price of stopping at once).
     """
 
     def __init__(
@@ -103,6 +111,8 @@ class Monitor:
         run_config: dict[str, Any] | None = None,
         tensorboard: str | Path | None = None,
         scaler: Any = None,
+        on_finding: Callable[[Finding], Any] | None = None,
+        stop_on: str | Collection[str] | None = None,
         _lint: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -113,6 +123,9 @@ class Monitor:
             )
         self.config = config if config is not None else MonitorConfig()
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self._on_finding = on_finding
+        self._stop_on = _stop_codes(stop_on)
+        self._stopping: list[Finding] = []
         self.inner, self.compiled = unwrap(model)
         self.layers = select_layers(self.inner, include, exclude, types)
         self.parameters = ParameterProbe(select_parameters(self.inner, include, exclude))
@@ -187,13 +200,24 @@ class Monitor:
                 self.parameters.updates(acc)
             self._hooks.measure_before_step(snapshot=False)
             self._hooks.mark_gradients_used()
+        stepped = s.optimizer_stepped or self.optimizer is None
+        if stepped and s.eval_mode_layers:
+            s.observe("step_in_eval_mode", "", layers=list(s.eval_mode_layers))
+        if isinstance(loss, torch.Tensor) and s.due.activations and loss.grad_fn is not None:
+            pattern = probabilities_fed_to_logit_loss(loss)  # Python graph walk, no tensor read
+            if pattern is not None:
+                s.observe("probabilities_to_logit_loss", "", loss=pattern[0], activation=pattern[1])
+        urgent = False
         if loss is not None:
             if isinstance(loss, torch.Tensor):
                 value = loss.detach()
                 value = value.float().mean() if value.dim() else value
                 acc.add("", r.LOSS + DEVICE_SUFFIX, value, "mean")
+                if self._stop_on is not None:  # opt-in: one host read per step
+                    urgent = not bool(torch.isfinite(value))
             else:
                 acc.add_host("", r.LOSS, float(loss))
+                urgent = self._stop_on is not None and not math.isfinite(float(loss))
         self._record_optimizer_state()
         now = time.perf_counter()
         if self._last_time is not None and now > self._last_time:
@@ -211,8 +235,11 @@ class Monitor:
         s.optimizer_stepped = False
         if self.optimizer is None and s.due.updates:
             self.parameters.snapshot()
-        if self.step_index % self.config.flush_every == 0:
+        if self.step_index % self.config.flush_every == 0 or urgent:
             self.flush()
+        if self._stopping:
+            stopping, self._stopping = self._stopping, []
+            raise TrainingStopped(stopping)
 
     def _record_optimizer_state(self) -> None:
         acc, optimizer = self.state.acc, self.optimizer
@@ -293,7 +320,20 @@ class Monitor:
             self._store.write(window, self.findings.take_unsaved())
         if self._tensorboard is not None:
             self._tensorboard.write(window)
+        self._announce(self.findings.take_new())
         return window
+
+    def _announce(self, new: list[Finding]) -> None:
+        """Each new finding: a log record, the user's callback, and the stop check."""
+        for finding in new:
+            _LOG.log(_LEVELS.get(finding.severity, logging.WARNING), "%s", finding)
+            if self._on_finding is not None:
+                self._on_finding(finding)
+            stop = self._stop_on
+            if stop is not None and (
+                finding.code in stop or ("error" in stop and finding.severity == "error")
+            ):
+                self._stopping.append(finding)
 
     def _buffer_spreads(self) -> dict[str, float]:
         import torch.distributed as dist
@@ -348,7 +388,7 @@ class Monitor:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close("finished")
-        elif issubclass(exc_type, KeyboardInterrupt):
+        elif issubclass(exc_type, (KeyboardInterrupt, TrainingStopped)):
             self.close("interrupted")
         else:
             self.close("crashed")
@@ -371,6 +411,24 @@ class Monitor:
             )
             for name, m in self.layers
         ]
+
+
+_LOG = logging.getLogger("vitalstats")
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _stop_codes(stop_on: str | Collection[str] | None) -> frozenset[str] | None:
+    """``stop_on`` as a set of codes (``"error"`` stands for every error-severity code)."""
+    if stop_on is None:
+        return None
+    codes = frozenset([stop_on] if isinstance(stop_on, str) else stop_on)
+    unknown = sorted(codes - set(CODES) - {"error"})
+    if unknown:
+        raise ValueError(
+            f'vs.Monitor: stop_on={stop_on!r} names unknown codes {unknown}; use "error" or '
+            "codes from vitalstats.monitor.CODES"
+        )
+    return codes
 
 
 def _merge_by_step(window: list[StepMetrics]) -> list[StepMetrics]:

@@ -198,3 +198,51 @@ def metric_histogram_edges(config: object) -> dict[str, object]:
             config.gradient_histogram_log10_range,  # type: ignore[attr-defined]
         ).numpy(),
     }
+
+
+_SHAPE_ONLY = ("View", "Reshape", "UnsafeView", "Permute", "Transpose", "T", "Clone", "Select",
+               "Slice", "Unsqueeze", "Squeeze", "Expand", "ToCopy", "Alias", "Index")  # fmt: skip
+_PROBABILITIES = {"SoftmaxBackward0": "softmax", "SigmoidBackward0": "sigmoid"}
+_LOGIT_LOSSES = {
+    "LogSoftmaxBackward0": "cross_entropy",  # every cross_entropy starts with log_softmax
+    "BinaryCrossEntropyWithLogitsBackward0": "binary_cross_entropy_with_logits",
+}
+
+
+def _through_shape_ops(node: object, hops: int = 8) -> object:
+    """The first node behind ``node`` that is not a view, reshape, transpose or cast."""
+    for _ in range(hops):
+        name = type(node).__name__
+        if not any(name.startswith(op) and name.endswith(("Backward0", "Backward1"))
+                   for op in _SHAPE_ONLY):  # fmt: skip
+            return node
+        inputs = [n for n, _ in node.next_functions if n is not None]  # type: ignore[attr-defined]
+        if len(inputs) != 1:
+            return node
+        node = inputs[0]
+    return node
+
+
+def probabilities_fed_to_logit_loss(loss: torch.Tensor, budget: int = 64) -> tuple[str, str] | None:
+    """(loss, activation) when the loss's autograd graph shows probabilities fed to a loss that
+    expects logits: ``cross_entropy(softmax(x))`` or ``binary_cross_entropy_with_logits(
+    sigmoid(x))`` (reshapes and casts in between allowed). Python only: walks at most
+    ``budget`` graph nodes from the loss, no tensor is read. None otherwise (also under
+    torch.compile, whose graph is one opaque node)."""
+    start = getattr(loss, "grad_fn", None)
+    queue, seen = [start], set()
+    while queue and len(seen) < budget:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kind = _LOGIT_LOSSES.get(type(node).__name__)
+        if kind is not None:
+            first = node.next_functions[0][0] if node.next_functions else None
+            behind = _through_shape_ops(first) if first is not None else None
+            activation = _PROBABILITIES.get(type(behind).__name__)
+            if activation is not None:
+                return kind, activation
+            continue  # do not search inside the model below a logit loss
+        queue.extend(n for n, _ in node.next_functions if n is not None)
+    return None

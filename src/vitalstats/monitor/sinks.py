@@ -129,7 +129,7 @@ class TensorBoardSink:
             return None
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return None
-        from vitalstats.report.tensorboard import TensorBoardWriter
+        from vitalstats.store.tensorboard import TensorBoardWriter
 
         return cls(TensorBoardWriter(log_dir), config)
 

@@ -82,6 +82,7 @@ class MeasureState:
     passed_on: dict[int, tuple[Any, str]] = field(default_factory=dict)  # id(tensor) -> layer
     gradients_after_step: bool = False  # optimizer.step(closure): read gradients after it
     optimizer_stepped: bool = False  # the optimizer's step ran since the last Monitor.step
+    eval_mode_layers: list[str] = field(default_factory=list)  # eval-mode BN/dropout this step
     degraded: dict[str, str] = field(default_factory=dict)  # metric -> why it is not measured
     _noticed: set[tuple[str, str]] = field(default_factory=set)
     _pending: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -107,6 +108,7 @@ class MeasureState:
             Observation(k, layer, self.step, d) for k, layer, d in self._pending
         )
         self._pending.clear()
+        self.eval_mode_layers = []
         self.produced.clear()
         self.passed_on.clear()
         self.biased_output = None

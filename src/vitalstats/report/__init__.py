@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vitalstats.report.tensorboard import TensorBoardWriter, export_tensorboard
+from vitalstats.store.tensorboard import TensorBoardWriter, export_tensorboard
 
 __all__ = ["TensorBoardWriter", "export_tensorboard", "render_report", "write_report"]
 

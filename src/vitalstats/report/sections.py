@@ -91,7 +91,7 @@ def _finding_cells(finding, run_name: str, consequence: bool) -> tuple:
 
 
 def findings_section(runs: Sequence[RunData]) -> Section:
-    """Each run's findings as a story (``vitalstats.monitor.story``): root causes first, the
+    """Each run's findings as a story (``vitalstats.monitor.causes``): root causes first, the
     findings each explains indented under it; one row per code with every layer it was seen on."""
     rows, total = [], 0
     for run in runs:

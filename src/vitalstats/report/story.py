@@ -1,5 +1,5 @@
 """Findings as a story for every reader (HTML report, doctor, lint, watch): one place that
-turns whatever holds findings into ``vitalstats.monitor.story``'s root-cause-first form.
+turns whatever holds findings into ``vitalstats.monitor.causes``'s root-cause-first form.
 
     from vitalstats.report.story import told, where
     for root in told(store.findings(run)):
@@ -34,7 +34,7 @@ def told(findings: Iterable[Any]) -> list[Any]:
     Accepts raw findings (``Monitor.diagnose()``, ``vs.lint``), run-store dicts, or a story
     already told (it is flattened and told again, so nothing is lost or counted twice)."""
     from vitalstats.monitor import story
-    from vitalstats.monitor.story import flatten
+    from vitalstats.monitor.causes import flatten
 
     return story(flatten(_as_findings(findings)))
 
@@ -42,7 +42,7 @@ def told(findings: Iterable[Any]) -> list[Any]:
 def count(findings: Iterable[Any]) -> int:
     """How many entries the story has: one per code (however many layers it was seen on),
     roots and consequences alike."""
-    from vitalstats.monitor.story import flatten
+    from vitalstats.monitor.causes import flatten
 
     return len(flatten(told(findings)))
 

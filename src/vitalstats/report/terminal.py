@@ -27,7 +27,7 @@ def _headline(finding: Any, max_layers: int) -> Text:
 def findings_text(
     findings: Iterable[Any], max_layers: int = 6, details: bool = True, limit: int | None = None
 ) -> Table:
-    """A borderless grid, root causes first (``vitalstats.monitor.story``): severity, code,
+    """A borderless grid, root causes first (``vitalstats.monitor.causes``): severity, code,
     layers, first step, message and fix; each consequence on an indented line below its root
     ("explains ..."), with its message when ``details``. ``limit`` keeps the first roots."""
     grid = Table.grid(padding=(0, 1, 1 if details else 0, 2))

@@ -5,12 +5,15 @@ the per-step rules in order (host floats only), each flush window to the window 
 the hooks' Python observations to their rules; each rule module holds one family:
 
     nonfinite    the first NaN/Inf (input, layer, loss, gradient)
-    loss         spikes (robust baseline), divergence
+    loss         spikes (robust baseline), divergence, plateaus
     gradients    exploding, vanishing
     activations  saturation, dead units, std trend with depth
     updates      update:data too low / too high
     norm_layers  BatchNorm misuse, drift, poisoned buffers, cross-rank divergence
-    training_loop  the loop itself: steps a GradScaler skips
+    training_loop  the loop: zero_grad missing, eval mode, probabilities to a logit loss,
+                 unscaled inputs, steps a GradScaler skips
+    learning_rate  the learning rate named from its symptoms together
+    signals      the histories these rules share
 
 Every threshold is a named field of ``Thresholds``; docs/monitor.md has the table of codes.
 """
@@ -22,9 +25,15 @@ from vitalstats.monitor.diagnoses import norm_layers
 from vitalstats.monitor.diagnoses.activations import ActivationRule
 from vitalstats.monitor.diagnoses.context import RunContext, optimizer_family, parameter_role
 from vitalstats.monitor.diagnoses.gradients import GradientRule
-from vitalstats.monitor.diagnoses.loss import LossHistory, LossRule
+from vitalstats.monitor.diagnoses.learning_rate import LearningRateRule
+from vitalstats.monitor.diagnoses.loss import LossHistory, LossRule, PlateauRule
 from vitalstats.monitor.diagnoses.nonfinite import NonFiniteRule
-from vitalstats.monitor.diagnoses.training_loop import SkippedStepRule
+from vitalstats.monitor.diagnoses.signals import Signals
+from vitalstats.monitor.diagnoses.training_loop import (
+    InputScaleRule,
+    LoopObservations,
+    SkippedStepRule,
+)
 from vitalstats.monitor.diagnoses.updates import UpdateRule
 from vitalstats.monitor.findings import FindingLog
 from vitalstats.monitor.metrics import StepMetrics
@@ -40,30 +49,42 @@ class Diagnoser:
         self.ctx = context
         self.log = log
         self.losses = LossHistory()
+        self.signals = Signals()
+        updates = UpdateRule(self.signals)
+        self._loop = LoopObservations()
         self._step_rules = [
             NonFiniteRule(),  # first: it marks the step from which symptoms are not judged
             LossRule(config.loss_ewm_beta, config.thresholds.loss_window, self.losses),
             GradientRule(),
             ActivationRule(),
+            updates,
             norm_layers.NormLayerRule(),
+            InputScaleRule(),
             SkippedStepRule(config.thresholds.skipped_step_window),
         ]
-        self._window_rules = [UpdateRule()]
+        self._window_rules = [
+            LearningRateRule(self.signals, updates),
+            PlateauRule(self.losses, self.signals),
+        ]
 
     def observe(self, m: StepMetrics) -> None:
         """Run every per-step rule on one step (adds loss_ewm_*, loss_median/noise)."""
+        self.signals.record(m)
         for rule in self._step_rules:
             rule.observe(m, self.ctx)
 
     def observe_window(self, window: list[StepMetrics]) -> None:
-        """Rules on a whole flush window (medians of noisy per-step values)."""
+        """Rules on the run so far, at the end of a flush window (trends and windows)."""
+        if not window:
+            return
         for rule in self._window_rules:
-            rule.observe_window(window, self.ctx)
+            rule.observe_window(window[-1].step, self.ctx)
 
     def observations(self, observed: list[Observation]) -> None:
         """The hooks' Python facts since the last flush."""
         for o in observed:
             norm_layers.from_observation(o, self.ctx)
+            self._loop.observe(o, self.ctx)
 
     def buffer_divergence(self, spreads: dict[str, float], step: int) -> None:
         norm_layers.buffer_divergence(spreads, step, self.ctx)

@@ -30,9 +30,13 @@ def depth_chains(ctx: RunContext) -> list[list[str]]:
 
 
 class ActivationRule:
+    def __init__(self) -> None:
+        self.head_stds: list[tuple[int, float]] = []
+
     def observe(self, m: StepMetrics, ctx: RunContext) -> None:
         if ctx.poisoned(m.step):
             return
+        self._logits(m, ctx)
         t = ctx.thresholds
         for layer in ctx.forward_order:
             saturated = m.scalars.get((layer, r.ACT_SATURATED_FRACTION))
@@ -55,6 +59,29 @@ class ActivationRule:
                     "or LeakyReLU/GELU.",
                 )  # fmt: skip
         self._depth(m, ctx)
+
+    def _logits(self, m: StepMetrics, ctx: RunContext) -> None:
+        """LOGIT_GROWTH (Wortsman et al. 2023): the output layer's values grow step after step
+        until the softmax saturates; measured on the last weighted layer to run."""
+        head = next((x for x in reversed(ctx.forward_order) if x in ctx.weighted_layers), None)
+        std = m.scalars.get((head, r.ACT_STD)) if head is not None else None
+        if std is None or not math.isfinite(std):
+            return
+        self.head_stds.append((m.step, std))
+        t = ctx.thresholds
+        first = self.head_stds[0][1]
+        if len(self.head_stds) >= 3 and std > t.logit_std_limit and std > t.logit_growth * first:
+            stds = [s for _, s in self.head_stds[-3:]]
+            if stds[0] < stds[1] < stds[2]:
+                ctx.add(
+                    "LOGIT_GROWTH", head, m.step,
+                    f"the output layer's values keep growing: std {first:.3g} at step "
+                    f"{self.head_stds[0][0]} -> {std:.3g} now (threshold {t.logit_std_limit:g}, "
+                    f"and {t.logit_growth:g}x growth); the softmax saturates and the loss stops "
+                    "responding to the logits.",
+                    "add a z-loss (1e-4 * logsumexp(logits)^2), a final normalisation before the "
+                    "head, weight decay on the head, or lower the learning rate.",
+                )  # fmt: skip
 
     def _depth(self, m: StepMetrics, ctx: RunContext) -> None:
         t = ctx.thresholds

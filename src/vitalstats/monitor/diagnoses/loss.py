@@ -1,4 +1,4 @@
-"""Rules on the loss series: spikes against a robust local baseline, divergence.
+"""Rules on the loss series: spikes against a robust local baseline, divergence, plateaus.
 
 A spike is judged against the median of the previous ``loss_window`` losses and a robust
 step-to-step noise, 1.4826 * MAD(first differences) / sqrt(2): differences remove the slow
@@ -102,3 +102,47 @@ class LossRule:
                     "warm-up or gradient clipping.",
                 )  # fmt: skip
         self.best_ewm = min(self.best_ewm, ewm_mean)
+
+
+def level_error(values: np.ndarray) -> float:
+    """Standard error of the median level of a window of noisy losses (1.2533 sigma / sqrt n,
+    sigma from the MAD of the values around their median)."""
+    if values.size < 3:
+        return math.inf
+    sigma = _MAD_TO_STD * float(np.median(np.abs(values - np.median(values))))
+    return 1.2533 * sigma / math.sqrt(values.size)
+
+
+class PlateauRule:
+    """LOSS_PLATEAU: after ``plateau_min_steps``, the loss has not improved on its starting
+    level by more than its own noise (``plateau_sigmas`` standard errors of the two window
+    medians) nor by ``plateau_min_improvement`` of it, while the learning rate is not zero.
+    A run that trained and then converged improved first, so it is not a plateau."""
+
+    def __init__(self, history: LossHistory, signals: object) -> None:
+        self.history, self.signals = history, signals
+
+    def observe_window(self, step: int, ctx: RunContext) -> None:
+        t = ctx.thresholds
+        values = self.history.array()
+        if ctx.has("LOSS_PLATEAU") or values.size < t.plateau_min_steps:
+            return
+        lr = self.signals.lr_at(step)  # type: ignore[attr-defined]
+        if lr is not None and lr <= 0:
+            return
+        w = t.loss_window
+        start, end = values[:w], values[-w:]
+        level_start, level_end = float(np.median(start)), float(np.median(end))
+        error = math.hypot(level_error(start), level_error(end))
+        improvement = level_start - level_end
+        small = improvement < t.plateau_min_improvement * abs(level_start)
+        if improvement < t.plateau_sigmas * error and small:
+            ctx.add(
+                "LOSS_PLATEAU", "", step,
+                f"the loss has not improved in {values.size} steps: median {level_start:.4g} over "
+                f"the first {w} steps, {level_end:.4g} over the last {w} (change "
+                f"{-improvement:+.3g}; noise of the levels {error:.3g}).",
+                "check that the optimiser gets the model's parameters and a usable learning rate "
+                "(raise it if update:data is low), that the loss is computed on logits and the "
+                "labels match the outputs, and that gradients reach the early layers.",
+            )  # fmt: skip

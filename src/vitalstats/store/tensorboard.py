@@ -1,4 +1,5 @@
-"""Write runs as TensorBoard event files: from a store (``vitalstats export``) or live.
+"""TensorBoard event files, another output of the run store's rows: exported from a store
+(``vitalstats export``) or written live by a monitor (``vs.Monitor(..., tensorboard=DIR)``).
 
 Tags: a run-level metric keeps its name (``loss``, ``lr``); a per-layer metric is
 ``<metric>/<layer>`` (``grad_norm/net.0.weight``) so TensorBoard groups one metric's layers on

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.report.synthetic import HISTOGRAM_EDGES, HOSTILE_NAME, make_store
-from vitalstats.report.tensorboard import (
+from vitalstats.store.tensorboard import (
     TensorBoardWriter,
     export_tensorboard,
     histogram_summary,
