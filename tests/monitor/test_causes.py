@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import vitalstats as vs
 from vitalstats.monitor import CODES, story
-from vitalstats.monitor.findings import make_finding
 from vitalstats.monitor.causes import EXPLAINS, ROOT_ORDER, flatten
+from vitalstats.monitor.findings import make_finding
 
 
 def _f(code: str, layer: str = "", step: int | None = 10) -> vs.Finding:

@@ -52,15 +52,17 @@ def test_stop_on_error_stops_at_the_first_nonfinite_loss_and_keeps_the_run(tmp_p
     data[7][0][:] = float("nan")
     path = tmp_path / "run.sqlite"
     steps = 0
-    with pytest.raises(TrainingStopped) as stopped:  # noqa: PT012
-        with vs.Monitor(model, optimizer=opt, store=path, stop_on="error") as monitor:
-            for x, y in data:
-                loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                monitor.step(loss=loss)
-                steps += 1
+    with (
+        pytest.raises(TrainingStopped) as stopped,
+        vs.Monitor(model, optimizer=opt, store=path, stop_on="error") as monitor,
+    ):
+        for x, y in data:
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            monitor.step(loss=loss)
+            steps += 1
     assert steps == 7  # step 7's step() raised: no compute after the NaN
     assert {f.code for f in stopped.value.findings} == {"NONFINITE_INPUT"}
     with vs.RunStore(path) as store:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.report.synthetic import HISTOGRAM_EDGES, HOSTILE_NAME, make_store
+from vitalstats.store import RunStore, StoreError
 from vitalstats.store.tensorboard import (
     TensorBoardWriter,
     export_tensorboard,
@@ -13,7 +14,6 @@ from vitalstats.store.tensorboard import (
     run_directory_name,
     tag,
 )
-from vitalstats.store import RunStore, StoreError
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
