@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vitalstats.monitor.recorder import StepAccumulator, gather
-from vitalstats.stats import summarize
+from vitalstats.monitor.metrics import finalize
+from vitalstats.stats.summary import raw_summary
 
 
 def _oracle(x: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -29,9 +30,9 @@ def test_micro_batches_merge_to_the_summary_of_their_concatenation(sizes, shift,
     parts = [torch.randn(n, 3, generator=generator) * scale + shift for n in sizes]
     acc = StepAccumulator()
     for part in parts:
-        acc.add("layer", "act", summarize(part), "summary")
+        acc.add("layer", "act", raw_summary(part), "summary")
     [values] = gather([acc.close(0)])
-    count, mean, m2, low, high, nonfinite = values.device[("layer", "act")]
+    count, mean, m2, low, high, nonfinite = finalize(values.device[("layer", "act")])
     n, mean_ref, m2_ref, low_ref, high_ref = _oracle(torch.cat(parts).numpy())
     assert count == n and nonfinite == 0
     assert mean == pytest.approx(mean_ref, rel=1e-6, abs=1e-6 * scale)
@@ -43,9 +44,9 @@ def test_micro_batches_merge_to_the_summary_of_their_concatenation(sizes, shift,
 def test_nonfinite_values_are_counted():
     x = torch.tensor([1.0, float("nan"), float("inf"), 2.0])
     acc = StepAccumulator()
-    acc.add("l", "act", summarize(x), "summary")
+    acc.add("l", "act", raw_summary(x), "summary")
     [values] = gather([acc.close(0)])
-    assert values.device[("l", "act")][5] == 2
+    assert finalize(values.device[("l", "act")])[5] == 2
 
 
 def test_rules_within_a_step_and_row_labels():
@@ -58,7 +59,7 @@ def test_rules_within_a_step_and_row_labels():
     acc.add("", "low", torch.tensor([2.0, 4.0]), "min")
     acc.add("", "per_sample", torch.ones(8), "same")
     acc.add("", "per_sample", torch.zeros(3), "same")  # a smaller last micro-batch is ignored
-    acc.add("", "rows", torch.zeros(2, 6), "summary", labels=("a.weight", "a.bias"))
+    acc.add("", "rows", torch.zeros(2, 7), "summary", labels=("a.weight", "a.bias"))
     acc.add_host("", "lr", 0.1)
     [values] = gather([acc.close(7)])
     assert values.step == 7 and values.host[("", "lr")] == 0.1

@@ -110,3 +110,14 @@ def test_merges_work_elementwise_over_leading_dims():
     merged = merge_summaries(a, b)
     assert merged.shape == (2, 6)
     assert torch.equal(merged[1], a[1])  # merging an empty summary changes nothing
+
+
+def test_sampled_nonfinite_count_is_exact_zero_when_finite_and_estimates_otherwise():
+    from vitalstats.stats.summary import raw_summary
+
+    x = torch.randn(100_000)
+    assert raw_summary(x, nonfinite_sample=1000)[6] == 0
+    x[::10] = float("nan")  # 10% NaN, evenly spread
+    estimate = raw_summary(x, nonfinite_sample=1000)[6].item()
+    assert estimate == pytest.approx(10_000, rel=0.05)
+    assert raw_summary(x)[6] == 10_000  # the exact count

@@ -164,7 +164,7 @@ class Hooks:
                     unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
                     level = config.thresholds.saturation_level
                     for field, value, rule in probes.activation_entries(
-                        detached, kind, unit_dim, level
+                        detached, kind, unit_dim, level, config.histogram_max_values
                     ):
                         acc.add(name, field, value, rule)
                     self._link(name, args, y, chained)

@@ -34,6 +34,26 @@ class StepMetrics:
     flags: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
+_RAW_SUMMARIES = {probes.ACT, probes.OUT_GRAD, probes.INPUT_FEATURES, bn.BN_BATCH}
+
+
+def finalize(raw: np.ndarray) -> np.ndarray:
+    """Host twin of ``vitalstats.stats.summary.finalize``: ``(..., 7)`` raw fields ->
+    ``(..., 6)`` [count, mean, M2, min, max, nonfinite] with mean = K + r / n and
+    M2 = q - r^2 / n in float64."""
+    count, shift, residual, centred_sq = raw[..., 0], raw[..., 1], raw[..., 2], raw[..., 3]
+    safe = np.maximum(count, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = np.where(count > 0, shift + residual / safe, 0.0)
+        m2 = np.maximum(centred_sq - residual * residual / safe, 0.0)
+    return np.stack([count, mean, m2, raw[..., 4], raw[..., 5], raw[..., 6]], -1)
+
+
+def _is_raw_summary(key: tuple[str, str]) -> bool:
+    parsed = parse_field(key[1]) if key[0] == "" else None
+    return key[1] in _RAW_SUMMARIES or (parsed is not None and parsed[0] in (GRAD, WEIGHT, UPDATE))
+
+
 def _std(summary: np.ndarray) -> float:
     count, m2 = float(summary[0]), float(summary[2])
     return math.sqrt(max(m2, 0.0) / count) if count else math.nan
@@ -47,7 +67,9 @@ def _norm(summary: np.ndarray) -> float:
 def derive(values: StepValues, bn_eps: dict[str, float] | None = None) -> StepMetrics:
     """Named metrics of one step (see the module docstring); ``bn_eps`` per BatchNorm."""
     out = StepMetrics(values.step)
-    scalars, flags, device = out.scalars, out.flags, values.device
+    device = {k: finalize(v) if _is_raw_summary(k) else v for k, v in values.device.items()}
+    values = StepValues(values.step, device, values.host, values.labels)
+    scalars, flags = out.scalars, out.flags
     for (layer, name), value in values.host.items():
         scalars[(layer, name)] = float(value)
     for (layer, name), array in device.items():

@@ -20,9 +20,10 @@ from torch import nn
 
 from vitalstats.monitor.recorder import Entry
 from vitalstats.stats.batch import batch_moments
+from vitalstats.stats.summary import as_raw
 
 BN_RUNNING_MEAN, BN_RUNNING_VAR = "bn_running_mean", "bn_running_var"  # (C,) before the batch
-BN_BATCH = "bn_batch"  # (C, 6) per-channel summaries of the batch
+BN_BATCH = "bn_batch"  # (C, 7) per-channel raw summaries of the batch
 BN_RUNNING_NONFINITE = "bn_running_nonfinite"
 
 
@@ -93,8 +94,8 @@ def _update_weight(module: nn.Module) -> float | torch.Tensor | None:
 def batch_summaries(
     module: nn.Module, x: torch.Tensor, before: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor | None:
-    """(C, 6) per-channel summaries [count, mean, M2, ...] of the batch a training forward
-    normalised with (see the module docstring); None when they cannot be known."""
+    """(C, 7) per-channel raw summaries (``as_raw`` of [count, mean, M2, ...]) of the batch a
+    training forward normalised with (see the module docstring); None when unknown."""
     n = values_per_channel(module, x)
     if n == 0:
         return None
@@ -114,7 +115,7 @@ def batch_summaries(
         mean, m2 = moments.mean, moments.m2
     count = torch.full_like(mean, float(n))
     inf = torch.full_like(mean, float("inf"))
-    return torch.stack([count, mean, m2, inf, -inf, torch.zeros_like(mean)], -1)
+    return as_raw(torch.stack([count, mean, m2, inf, -inf, torch.zeros_like(mean)], -1))
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 """Probes on parameters: gradients, weights, the applied update, Adam-family moments.
 
-Every statistic of a tensor is one packed summary (``vitalstats.stats.summarize``: count,
-mean, centred M2, min, max), so all parameters of a kind are recorded as one ``(P, 6)``
-tensor per step; Adam's statistics are ``vs.optim.moment_sums`` rows. Nothing leaves the
-device.
+Every statistic of a tensor is one packed raw summary (``vitalstats.stats.raw_summary``:
+count, centre, centred sums, min, max), so all parameters of a kind are recorded as one
+``(P, 7)`` tensor per step; Adam's statistics are ``vs.optim.moment_sums`` rows. Nothing
+leaves the device.
 
 Sharding. Parameters are grouped by how their values are laid out across ranks:
 
@@ -26,13 +26,13 @@ from torch import nn
 
 from vitalstats.monitor.recorder import Rule, StepAccumulator
 from vitalstats.optim.moment_stats import adam_entries, moment_sums
-from vitalstats.stats.summary import empty_summary, summarize
+from vitalstats.stats.summary import raw_summary
 
 # Raw fields, one packed tensor per parameter group and step (metrics.py names them).
-GRAD = "grad"  # (P, 6) summaries of the gradients (min/max give max |g|)
+GRAD = "grad"  # (P, 7) raw summaries of the gradients (min/max give max |g|)
 GRAD_SQ = "grad_sq"  # (P,) squared L2 norms (the cheap grad_norm-only schedule)
-WEIGHT = "weight"  # (P, 6) summaries of the parameters before the step (no extremes)
-UPDATE = "update"  # (P, 6) summaries of w_after - w_before (no extremes)
+WEIGHT = "weight"  # (P, 7) raw summaries of the parameters before the step (no extremes)
+UPDATE = "update"  # (P, 7) raw summaries of w_before - w_after (no extremes)
 ADAM = "adam"  # (P', 5) vs.optim.moment_sums rows, P' = parameters with Adam state
 
 
@@ -150,10 +150,12 @@ class ParameterProbe:
 
     @staticmethod
     def _summaries(tensors: list[torch.Tensor | None], extremes: bool) -> torch.Tensor:
+        """(P, 7) raw summaries (no NaN/Inf count: a non-finite tensor shows in its norm); a
+        missing gradient is an empty row."""
+        device = next(t.device for t in tensors if t is not None)
+        empty = raw_summary(torch.zeros(0, device=device))
         rows = [
-            empty_summary(device=next(t.device for t in tensors if t is not None))
-            if t is None
-            else summarize(t, extremes=extremes)
+            empty if t is None else raw_summary(t, extremes=extremes, count_nonfinite=False)
             for t in tensors
         ]
         return torch.stack(rows)
@@ -170,7 +172,6 @@ class ParameterProbe:
                 continue
             if full:
                 summaries = self._summaries(grads, extremes=True)
-                summaries[:, 5] = 0.0  # a non-finite gradient shows in its norm
                 acc.add("", field_name(GRAD, group), summaries, group.rule("summary"),
                         group.reduce_over, tuple(group.names))  # fmt: skip
             else:
@@ -210,8 +211,7 @@ class ParameterProbe:
         for group in self.groups:
             diffs = self._workspace("before", group)
             torch._foreach_sub_(diffs, self._locals(group.params))  # w_before - w_after
-            summaries = self._summaries(diffs, extremes=False)
-            summaries[:, 1] = -summaries[:, 1]  # the update is minus the difference
+            summaries = self._summaries(diffs, extremes=False)  # metrics negate the mean
             acc.add("", field_name(UPDATE, group), summaries, group.rule("summary"),
                     group.reduce_over, tuple(group.names))  # fmt: skip
 

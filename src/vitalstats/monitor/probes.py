@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vitalstats.monitor.recorder import Entry
-from vitalstats.stats.summary import summarize
+from vitalstats.stats.summary import as_raw, raw_summary
 from vitalstats.stats.workspace import work_like
 
 _RELU_FAMILY = (nn.ReLU, nn.ReLU6)  # outputs >= 0 and exactly 0 for negative input
@@ -25,15 +25,15 @@ _WEIGHTED_NAMES = ("Conv1D",)  # transformers.pytorch_utils.Conv1D (GPT-2): a Li
 _EMBEDDING = (nn.Embedding, nn.EmbeddingBag)
 
 # Raw fields the probes record (metrics.py turns them into the registry's metrics).
-ACT = "act"  # (6,) summary of the output
+ACT = "act"  # (7,) raw summary of the output
 ACT_SATURATED = "act_saturated"  # count of values in the flat tails
 ACT_ALIVE = "act_alive"  # (units,) 1.0 where a ReLU unit was positive somewhere in the step
-OUT_GRAD = "out_grad"  # (6,) summary of d loss / d output
+OUT_GRAD = "out_grad"  # (7,) raw summary of d loss / d output
 NONFINITE = "nonfinite"  # float32 sum of the output: NaN/Inf iff the output holds NaN/Inf
 ACT_HIST, GRAD_HIST = "act_hist", "grad_hist"
 INPUT_SAMPLE_SUMS = "input_sample_sums"  # per-sample sums of the model input
 INPUT_SUM = "input_sum"
-INPUT_FEATURES = "input_features"  # (F, 6) per-feature summaries of the model input
+INPUT_FEATURES = "input_features"  # (F, 7) per-feature raw summaries of the model input
 
 # Layers that cannot turn finite input into NaN/Inf: the per-step NaN sentinel skips them
 # (a NaN passing through one is caught at the layer that created it or the next checked one).
@@ -99,11 +99,15 @@ def nonfinite_sentinel(y: torch.Tensor) -> torch.Tensor:
     return y.sum(dtype=torch.float32)
 
 
-def activation_entries(y: torch.Tensor, kind: str, unit_dim: int, level: float) -> list[Entry]:
-    """Summary of the output; saturated count (tanh-like |y| > level, sigmoid-like
-    |2y - 1| > level, the same cut in tanh units since sigmoid(x) = (1 + tanh(x/2)) / 2);
-    per-unit 'alive' flags (ReLU family: a unit is dead when zero for the whole step)."""
-    entries: list[Entry] = [(ACT, summarize(y), "summary")]
+def activation_entries(
+    y: torch.Tensor, kind: str, unit_dim: int, level: float, nonfinite_sample: int | None
+) -> list[Entry]:
+    """Raw summary of the output (its NaN/Inf count estimated from ``nonfinite_sample``
+    values: exactly 0 when the output is finite); saturated count (tanh-like |y| > level,
+    sigmoid-like |2y - 1| > level, the same cut in tanh units since sigmoid(x) =
+    (1 + tanh(x/2)) / 2); per-unit 'alive' flags (ReLU family: a unit is dead when zero for
+    the whole step)."""
+    entries: list[Entry] = [(ACT, raw_summary(y, nonfinite_sample=nonfinite_sample), "summary")]
     if kind in ("tanh", "sigmoid"):
         work = work_like(y, y.dtype, "monitor.saturation")  # no page faults on CPU
         if kind == "tanh":
@@ -121,11 +125,11 @@ def activation_entries(y: torch.Tensor, kind: str, unit_dim: int, level: float) 
 
 def output_grad_entries(grad: torch.Tensor) -> list[Entry]:
     """Summary of the gradient of the loss w.r.t. a layer's output (its std is reported)."""
-    return [(OUT_GRAD, summarize(grad, extremes=False), "summary")]
+    return [(OUT_GRAD, raw_summary(grad, extremes=False, count_nonfinite=False), "summary")]
 
 
 def input_feature_entries(x: torch.Tensor) -> list[Entry]:
-    """Per-feature summaries ``(F, 6)`` of a floating model input: features are the columns
+    """Per-feature raw summaries ``(F, 7)`` of a floating model input: features are the columns
     of an (N, F) input, the last dim of an (N, L, F) sequence and the channels of an
     (N, C, *spatial) image (values pooled over samples and positions)."""
     if x.dim() == 2:
@@ -134,7 +138,7 @@ def input_feature_entries(x: torch.Tensor) -> list[Entry]:
         columns = x.reshape(-1, x.shape[-1])
     else:
         columns = x.transpose(0, 1).reshape(x.shape[1], -1).T
-    return [(INPUT_FEATURES, _column_summaries(columns), "summary")]
+    return [(INPUT_FEATURES, as_raw(_column_summaries(columns)), "summary")]
 
 
 def _column_summaries(columns: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,9 @@ work). ``gather`` concatenates every step of a flush window, merges across
 Rules: ``sum`` (counts, sums), ``min``/``max`` (elementwise), ``mean`` (summed within a step,
 averaged over ranks), ``same`` (identical on every rank, e.g. DDP's averaged gradients: the
 local value is kept; within a step the first value is kept) and ``summary``: packed
-``(..., 6)`` summaries ``[count, mean, M2, min, max, nonfinite]`` (``vitalstats.stats.summary``)
-merged exactly within a step (Chan et al.) and across ranks (``all_reduce_summaries``).
+``(..., 7)`` raw summaries ``[count, K, sum(x - K), sum((x - K)^2), min, max, nonfinite]``
+(``vitalstats.stats.summary.raw_summary``, finished into mean and M2 on the host) merged
+exactly within a step (Chan et al.) and across ranks (``all_reduce_summaries``).
 Each key may name the process group its cross-rank reduction runs over (``group``; None is
 the default group): FSDP2 shards reduce over their shard group, data-parallel statistics
 over every rank.
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from vitalstats.stats.summary import merge_summaries
+from vitalstats.stats.summary import as_raw, finalize, merge_summaries
 
 Rule = Literal["sum", "min", "max", "mean", "same", "summary"]
 Key = tuple[str, str]
@@ -92,7 +93,7 @@ class StepAccumulator:
         elif rule == "max":
             self._values[key] = torch.maximum(old, value)
         elif rule == "summary":
-            self._values[key] = merge_summaries(old, value)
+            self._values[key] = as_raw(merge_summaries(finalize(old), finalize(value)))
         # "same": the first value of the step is kept
 
     def add_host(self, layer: str, field: str, value: float) -> None:
@@ -184,7 +185,8 @@ def _reduce(flat: torch.Tensor, rule: Rule, group: Any, where: list) -> None:
     )
     part = flat[index]
     if rule == "summary":
-        merged = all_reduce_summaries(part.view(-1, 6), group).reshape(-1)
+        summaries = finalize(part.view(-1, 7))
+        merged = as_raw(all_reduce_summaries(summaries, group)).reshape(-1)
     else:
         merged = _to_comm(part, group)
         op = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,

@@ -61,7 +61,7 @@ ACT_MEAN = _define("act_mean", "layer", "output units", "mean of every value of 
 ACT_STD = _define("act_std", "layer", "output units", "population std of those values (centred two-pass sums, exact merges)", "activations_every")
 ACT_MIN = _define("act_min", "layer", "output units", "smallest output value", "activations_every")
 ACT_MAX = _define("act_max", "layer", "output units", "largest output value", "activations_every")
-ACT_NONFINITE_FRACTION = _define("act_nonfinite_fraction", "layer", "fraction", "NaN/Inf values / all values of the output", "activations_every")
+ACT_NONFINITE_FRACTION = _define("act_nonfinite_fraction", "layer", "fraction", "NaN/Inf values / all values of the output: exactly 0 for a finite output; for outputs above histogram_max_values values, the count is estimated from a strided sample of that many", "activations_every")
 ACT_SATURATED_FRACTION = _define("act_saturated_fraction", "layer", "fraction", "tanh-like (Tanh, Hardtanh, Softsign): share of values with |y| > saturation_level (0.97, makemore's cut); sigmoid-like: |2y - 1| > saturation_level, the same cut in tanh units since sigmoid(x) = (1 + tanh(x/2)) / 2", "activations_every")
 ACT_DEAD_FRACTION = _define("act_dead_fraction", "layer", "fraction", "ReLU/ReLU6: share of units zero for every sample and position of the step; units are dim 1 (features, conv channels), the last dim of an (N, L, C) output after a Linear", "activations_every")
 OUT_GRAD_STD = _define("out_grad_std", "layer", "gradient units", "std of d loss / d output", "output_grads_every")

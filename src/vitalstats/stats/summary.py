@@ -30,23 +30,51 @@ from vitalstats.stats.workspace import work_like
 
 SUMMARY_FIELDS = ("count", "mean", "m2", "min", "max", "nonfinite")
 COUNT, MEAN, M2, MIN, MAX, NONFINITE = range(6)
+# What the device computes, finished on the host (or by ``finalize``): the centre K = sum/n,
+# residual = sum(x - K), centred_sq = sum((x - K)^2).
+RAW_FIELDS = ("count", "shift", "residual", "centred_sq", "min", "max", "nonfinite")
+_EXACT_FLOAT32_COUNT = 2**24  # float32 sums of ones are exact integers up to here
 
 
 def nonfinite_count(x: torch.Tensor) -> torch.Tensor:
-    """int64 number of NaN/Inf values of ``x``: ``x * 0`` is 0 for finite values and NaN
-    otherwise; the indicator is summed exactly in blocks (no host read)."""
+    """Number of NaN/Inf values of ``x`` (float32, exact): ``x * 0`` is 0 for finite values
+    and NaN otherwise; the 0/1 indicator is summed exactly (in float64 blocks above 2^24
+    values). No host read."""
     indicator = torch.mul(x, 0, out=work_like(x, compute_dtype(x.dtype), "summary.indicator"))
     indicator.nan_to_num_(1.0, 1.0, 1.0)
-    return blocked_sum(indicator.reshape(-1), (0,)).round().to(torch.int64)
+    if x.numel() < _EXACT_FLOAT32_COUNT:
+        return indicator.sum(dtype=torch.float32)
+    return blocked_sum(indicator.reshape(-1), (0,)).float()
 
 
-def summarize(x: torch.Tensor, *, extremes: bool = True) -> torch.Tensor:
-    """float64 ``[count, mean, M2, min, max, nonfinite]`` of every value of ``x`` (see the
-    module docstring). An empty tensor gives ``[0, 0, 0, +inf, -inf, 0]``."""
+def sampled_nonfinite_count(x: torch.Tensor, max_values: int) -> torch.Tensor:
+    """Estimated number of NaN/Inf values of ``x`` from a strided sample of at most
+    ``max_values`` values, scaled to ``x.numel()``: cheap where the exact count would cost as
+    much as the rest of the summary. Exact (0) when no sampled value is NaN/Inf."""
+    flat = x.reshape(-1)
+    step = max(1, -(-flat.numel() // max_values))
+    sample = flat[::step]
+    bad = torch.mul(sample, 0).isnan().sum(dtype=torch.float32)
+    return bad * (flat.numel() / sample.numel())
+
+
+def raw_summary(
+    x: torch.Tensor,
+    *,
+    extremes: bool = True,
+    count_nonfinite: bool = True,
+    nonfinite_sample: int | None = None,
+) -> torch.Tensor:
+    """float64 ``RAW_FIELDS`` of every value of ``x``: the device half of ``summarize``, a
+    handful of kernels and no float64 arithmetic (``finalize`` turns it into a summary).
+    ``extremes=False`` skips min/max (left at +inf/-inf) and ``count_nonfinite=False`` the
+    NaN/Inf count (left at 0); ``nonfinite_sample=k`` estimates that count from a strided
+    sample of k values (``sampled_nonfinite_count``) instead of counting exactly."""
     x = x.detach()
     n = x.numel()
     if n == 0:
-        return empty_summary(device=x.device)
+        return torch.tensor([0.0, 0.0, 0.0, 0.0, float("inf"), -float("inf"), 0.0],
+                            dtype=torch.float64, device=x.device)  # fmt: skip
     dtype = compute_dtype(x.dtype)
     shift = x.sum(dtype=dtype) / n  # K: the mean, rounded to the compute dtype
     centred = work_like(x, dtype, "summary.centred")
@@ -54,19 +82,46 @@ def summarize(x: torch.Tensor, *, extremes: bool = True) -> torch.Tensor:
         torch.sub(x, shift, out=centred)
     else:  # half/bfloat16: subtract in float32, not in the input's precision
         centred.copy_(x).sub_(shift)
-    residual = centred.sum(dtype=dtype).double()  # sum(x - K): repairs K's rounding
-    mean = shift.double() + residual / n
-    m2 = torch.linalg.vector_norm(centred, dtype=dtype).double().square() - residual.square() / n
+    residual = centred.sum(dtype=dtype)  # sum(x - K): repairs K's rounding
+    centred_sq = torch.linalg.vector_norm(centred, dtype=dtype).square()
     if extremes:
         low, high = value_range(x)
-        tail = [low.to(torch.float64), high.to(torch.float64), nonfinite_count(x).double()]
     else:
-        tail = [_constant(x, float("inf")), _constant(x, -float("inf")), _constant(x, 0.0)]
-    return torch.stack([_constant(x, float(n)), mean, m2.clamp(min=0.0), *tail])
+        low, high = shift.new_full((), float("inf")), shift.new_full((), -float("inf"))
+    if not count_nonfinite:
+        nonfinite = shift.new_zeros(())
+    elif nonfinite_sample is not None and n > nonfinite_sample:
+        nonfinite = sampled_nonfinite_count(x, nonfinite_sample)
+    else:
+        nonfinite = nonfinite_count(x)
+    parts = torch.stack([shift, residual, centred_sq, low.to(dtype), high.to(dtype),
+                         nonfinite.to(dtype)])  # fmt: skip
+    return torch.cat([parts.new_full((1,), float(n), dtype=torch.float64), parts.double()])
 
 
-def _constant(x: torch.Tensor, value: float) -> torch.Tensor:
-    return torch.full((), value, dtype=torch.float64, device=x.device)
+def finalize(raw: torch.Tensor) -> torch.Tensor:
+    """``(..., 7)`` raw fields -> ``(..., 6)`` summaries, in float64: mean = K + r / n and
+    M2 = q - r^2 / n (r = sum(x - K) is tiny next to n K, so nothing cancels)."""
+    raw = raw.to(torch.float64)
+    count = raw[..., 0]
+    safe = count.clamp(min=1.0)
+    mean = torch.where(count > 0, raw[..., 1] + raw[..., 2] / safe, 0.0)
+    m2 = (raw[..., 3] - raw[..., 2].square() / safe).clamp(min=0.0)
+    return torch.stack([count, mean, m2, raw[..., 4], raw[..., 5], raw[..., 6]], -1)
+
+
+def as_raw(summary: torch.Tensor) -> torch.Tensor:
+    """``(..., 6)`` summaries written in the raw layout (K = mean, r = 0, q = M2), so merged
+    and measured values can share one layout: ``finalize(as_raw(s)) == s``."""
+    zero = torch.zeros_like(summary[..., 0])
+    return torch.stack([summary[..., 0], summary[..., 1], zero, summary[..., 2],
+                        summary[..., 3], summary[..., 4], summary[..., 5]], -1)  # fmt: skip
+
+
+def summarize(x: torch.Tensor, *, extremes: bool = True) -> torch.Tensor:
+    """float64 ``[count, mean, M2, min, max, nonfinite]`` of every value of ``x`` (see the
+    module docstring). An empty tensor gives ``[0, 0, 0, +inf, -inf, 0]``."""
+    return finalize(raw_summary(x, extremes=extremes, count_nonfinite=extremes))
 
 
 def value_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
