@@ -118,6 +118,6 @@ def test_sampled_nonfinite_count_is_exact_zero_when_finite_and_estimates_otherwi
     x = torch.randn(100_000)
     assert raw_summary(x, nonfinite_sample=1000)[6] == 0
     x[torch.randperm(100_000, generator=torch.Generator().manual_seed(0))[:10_000]] = float("nan")
-    estimate = raw_summary(x, nonfinite_sample=1000)[6].item()
-    assert estimate == pytest.approx(10_000, rel=0.05)
+    estimate = raw_summary(x, nonfinite_sample=8192)[6].item()
+    assert estimate == pytest.approx(10_000, rel=0.15)  # binomial: 3.3% standard error
     assert raw_summary(x)[6] == 10_000  # the exact count
