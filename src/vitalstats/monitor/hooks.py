@@ -122,16 +122,15 @@ class Hooks:
         x = input_tensor(args, kwargs)
         if x is None or x.dim() == 0 or x.shape[0] == 0:
             return
-        with torch.no_grad():
-            x = x.detach()
-            if s.due.nonfinite:  # one reduction; the first bad index is found at flush
-                per_sample = x.reshape(x.shape[0], -1).sum(1, dtype=torch.float32)
-                s.acc.add("", probes.INPUT_SAMPLE_SUMS, per_sample, "same")  # this rank's
-                s.acc.add("", probes.INPUT_SUM, per_sample.sum(), "sum")  # NaN on any rank
-            features = x.shape[-1] if x.dim() == 3 else (x.shape[1] if x.dim() >= 2 else 0)
-            if s.due.activations and 0 < features <= _MAX_INPUT_FEATURES:
-                for field, value, rule in probes.input_feature_entries(x):
-                    s.acc.add("", field, value, rule)
+        x = x.detach()  # no graph is built below
+        if s.due.nonfinite:  # one reduction; the first bad index is found at flush
+            per_sample = x.reshape(x.shape[0], -1).sum(1, dtype=torch.float32)
+            s.acc.add("", probes.INPUT_SAMPLE_SUMS, per_sample, "same")  # this rank's batch
+            s.acc.add("", probes.INPUT_SUM, per_sample.sum(), "sum")  # NaN on any rank
+        features = x.shape[-1] if x.dim() == 3 else (x.shape[1] if x.dim() >= 2 else 0)
+        if s.due.activations and 0 < features <= _MAX_INPUT_FEATURES:
+            for field, value, rule in probes.input_feature_entries(x):
+                s.acc.add("", field, value, rule)
 
     def _forward_hook(self, name: str, layer: nn.Module) -> Callable[[nn.Module, tuple, Any], None]:
         s = self.state
@@ -155,29 +154,31 @@ class Hooks:
             d = s.due
             if not d.forward or not s.measuring():
                 return
-            acc = s.acc
-            with torch.no_grad():
-                detached = y.detach()
-                if d.nonfinite and sentinel:
-                    acc.add(name, probes.NONFINITE, probes.nonfinite_sentinel(detached), "sum")
-                if d.activations and detached.numel():
-                    unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
-                    level = config.thresholds.saturation_level
-                    for field, value, rule in probes.activation_entries(
-                        detached, kind, unit_dim, level, config.histogram_max_values
-                    ):
-                        acc.add(name, field, value, rule)
-                    self._link(name, args, y, chained)
-                if d.histograms and detached.numel():
-                    counts = probes.activation_histogram(
-                        detached,
-                        config.histogram_bins,
-                        config.activation_histogram_range,
-                        config.histogram_max_values,
-                    )
-                    acc.add(name, probes.ACT_HIST, counts, "sum")
-                if batchnorm and d.norm_layers and module.training:
-                    self._batch_statistics(name, module, args)
+            acc = s.acc  # every probe below works on detached tensors: no graph is built
+            detached = y.detach()
+            summarised = d.activations and detached.numel()
+            if summarised:
+                unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
+                level = config.thresholds.saturation_level
+                entries = probes.activation_entries(
+                    detached, kind, unit_dim, level, config.histogram_max_values
+                )
+                for field, value, rule in entries:
+                    acc.add(name, field, value, rule)
+                self._link(name, args, y, chained)
+            if d.nonfinite and sentinel:  # the summary's centre is non-finite iff the output is
+                value = entries[0][1][1] if summarised else probes.nonfinite_sentinel(detached)
+                acc.add(name, probes.NONFINITE, value, "sum")
+            if d.histograms and detached.numel():
+                counts = probes.activation_histogram(
+                    detached,
+                    config.histogram_bins,
+                    config.activation_histogram_range,
+                    config.histogram_max_values,
+                )
+                acc.add(name, probes.ACT_HIST, counts, "sum")
+            if batchnorm and d.norm_layers and module.training:
+                self._batch_statistics(name, module, args)
             if d.output_grads and y.requires_grad and not s.lint:
                 if torch.compiler.is_compiling():  # a tensor hook's side effect cannot be traced
                     s.degrade("out_grad_std", "a tensor hook cannot record inside a compiled graph")
@@ -223,9 +224,8 @@ class Hooks:
 
     def _output_grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
-            with torch.no_grad():
-                for field, value, rule in probes.output_grad_entries(grad.detach()):
-                    self.state.acc.add(name, field, value, rule)
+            for field, value, rule in probes.output_grad_entries(grad.detach()):
+                self.state.acc.add(name, field, value, rule)
 
         return hook
 
@@ -245,10 +245,13 @@ class Hooks:
                 if not (s.lint and not evaluating):
                     s.observe("bn_train_in_eval", name, where=where)
             if bn.uses_batch_statistics(module):
-                per_channel = bn.values_per_channel(module, x)
                 if module.training:
-                    s.observe("bn_values_per_channel", name, once=False, values=per_channel,
-                              shape=tuple(x.shape))  # fmt: skip
+                    per_channel = bn.values_per_channel(module, x)
+                    fewest = s.fewest_values.get(name)
+                    if fewest is None or per_channel < fewest:  # a new minimum: worth a look
+                        s.fewest_values[name] = per_channel
+                        s.observe("bn_values_per_channel", name, once=False, values=per_channel,
+                                  shape=tuple(x.shape))  # fmt: skip
                 else:
                     s.observe("bn_batch_stats_at_inference", name)
             if bn.frozen_but_updating(module):

@@ -48,13 +48,12 @@ class Diagnoser:
     def __init__(self, config: MonitorConfig, log: FindingLog, context: RunContext) -> None:
         self.ctx = context
         self.log = log
-        self.losses = LossHistory()
+        self.losses = LossHistory()  # what LossRule has judged (the spike baseline)
         self.signals = Signals()
         updates = UpdateRule(self.signals)
         self._loop = LoopObservations()
         self._step_rules = [
             NonFiniteRule(),  # first: it marks the step from which symptoms are not judged
-            LossRule(config.loss_ewm_beta, config.thresholds.loss_window, self.losses),
             GradientRule(),
             ActivationRule(),
             updates,
@@ -62,6 +61,7 @@ class Diagnoser:
             InputScaleRule(),
             SkippedStepRule(config.thresholds.skipped_step_window),
         ]
+        self._loss = LossRule(config.loss_ewm_beta, config.thresholds.loss_window, self.losses)
         self._window_rules = [
             LearningRateRule(self.signals, updates),
             PlateauRule(self.losses, self.signals),
@@ -77,6 +77,7 @@ class Diagnoser:
         """Rules on the run so far, at the end of a flush window (trends and windows)."""
         if not window:
             return
+        self._loss.observe_window(window, self.ctx)  # before the rules that read the losses
         for rule in self._window_rules:
             rule.observe_window(window[-1].step, self.ctx)
 

@@ -9,7 +9,6 @@ descent of early training, which inflates an EWM std so much that a 40-sigma spi
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 
@@ -48,43 +47,75 @@ class LossHistory:
         return len(self.values)
 
 
+def _baselines(previous: np.ndarray, new: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(median, robust noise) of the up to ``window`` losses before each of ``new``,
+    computed for the whole flush window at once (``previous`` are the losses before it)."""
+    series = np.concatenate([previous, new])
+    medians = np.full(new.size, np.nan)
+    noises = np.full(new.size, np.nan)
+    first = 0
+    while first < new.size and previous.size + first < window:  # a run's first steps
+        end = previous.size + first
+        if end >= 3:
+            medians[first] = np.median(series[:end])
+            noises[first] = robust_noise(series[:end])
+        first += 1
+    if first < new.size:  # row k is the window before new[first + k]
+        start = previous.size + first - window
+        windows = np.lib.stride_tricks.sliding_window_view(series[start:-1], window)
+        medians[first:] = np.median(windows, axis=1)
+        diffs = np.diff(windows, axis=1)
+        spread = np.median(np.abs(diffs - np.median(diffs, axis=1, keepdims=True)), axis=1)
+        noises[first:] = _MAD_TO_STD * spread / math.sqrt(2.0)
+    return medians, noises
+
+
 class LossRule:
-    """LOSS_SPIKE and LOSS_DIVERGENCE; adds loss_ewm_* and loss_median/noise to the step."""
+    """LOSS_SPIKE and LOSS_DIVERGENCE over a flush window; adds loss_ewm_mean/std and
+    loss_median/loss_noise to each step's scalars."""
 
     def __init__(self, loss_ewm_beta: float, window: int, history: LossHistory) -> None:
         from vitalstats.stats import EMVar
 
         self.ewm = EMVar(loss_ewm_beta)
         self.best_ewm = math.inf
-        self.recent: deque[float] = deque(maxlen=window)
+        self.window = window
         self.history = history
 
-    def observe(self, m: StepMetrics, ctx: RunContext) -> None:
-        loss = m.scalars.get(("", r.LOSS))
-        if loss is None or not math.isfinite(loss):
+    def observe_window(self, window: list[StepMetrics], ctx: RunContext) -> None:
+        steps = [
+            (m, loss)
+            for m in window
+            if (loss := m.scalars.get(("", r.LOSS))) is not None and math.isfinite(loss)
+        ]
+        if not steps:
             return
         t = ctx.thresholds
-        if len(self.recent) >= 3:
-            recent = np.asarray(self.recent)
-            median = float(np.median(recent))
-            noise = robust_noise(recent)
-            m.scalars[("", r.LOSS_MEDIAN)], m.scalars[("", r.LOSS_NOISE)] = median, noise
-            floor = max(noise, t.loss_spike_min_noise * abs(median), 1e-12)
-            z = (loss - median) / floor
-            warm = len(self.history) >= t.loss_warmup_steps
-            rise = loss - median > t.loss_spike_min_rise * abs(median)
-            if warm and z > t.loss_spike_sigmas and rise and not ctx.poisoned(m.step):
-                ctx.add(
-                    "LOSS_SPIKE", "", m.step,
-                    f"loss {loss:.4g} is {z:.1f} noise units above the median {median:.4g} of "
-                    f"the previous {len(recent)} steps (robust step-to-step noise {noise:.3g}; "
-                    f"threshold {t.loss_spike_sigmas}).",
-                    "look for a bad batch at this step (corrupt sample, wrong labels, an "
-                    "unnormalised input); if spikes recur lower the learning rate, add warm-up "
-                    "or clip gradients.",
-                )  # fmt: skip
-        self.recent.append(loss)
-        self.history.add(m.step, loss)
+        previous = self.history.array()[-self.window :]
+        new = np.asarray([loss for _, loss in steps])
+        medians, noises = _baselines(previous, new, self.window)
+        for (m, loss), median, noise in zip(steps, medians, noises):
+            if math.isfinite(median):
+                m.scalars[("", r.LOSS_MEDIAN)], m.scalars[("", r.LOSS_NOISE)] = median, noise
+                floor = max(noise, t.loss_spike_min_noise * abs(median), 1e-12)
+                z = (loss - median) / floor
+                warm = len(self.history) >= t.loss_warmup_steps
+                rise = loss - median > t.loss_spike_min_rise * abs(median)
+                if warm and z > t.loss_spike_sigmas and rise and not ctx.poisoned(m.step):
+                    ctx.add(
+                        "LOSS_SPIKE", "", m.step,
+                        f"loss {loss:.4g} is {z:.1f} noise units above the median {median:.4g} "
+                        f"of the previous {min(len(self.history), self.window)} steps (robust "
+                        f"step-to-step noise {noise:.3g}; threshold {t.loss_spike_sigmas}).",
+                        "look for a bad batch at this step (corrupt sample, wrong labels, an "
+                        "unnormalised input); if spikes recur lower the learning rate, add "
+                        "warm-up or clip gradients.",
+                    )  # fmt: skip
+            self.history.add(m.step, loss)
+            self._divergence(m, loss, ctx)
+
+    def _divergence(self, m: StepMetrics, loss: float, ctx: RunContext) -> None:
+        t = ctx.thresholds
         self.ewm.update(loss)
         ewm_mean, ewm_std = float(self.ewm.mean), float(self.ewm.std)
         m.scalars[("", r.LOSS_EWM_MEAN)] = ewm_mean
