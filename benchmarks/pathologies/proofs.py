@@ -110,3 +110,38 @@ def smoothed(losses: list[float], start: int, stop: int) -> float:
     """Mean loss over steps [start, stop)."""
     part = losses[start:stop]
     return sum(part) / len(part)
+
+
+def accumulated_over_fresh(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> float:
+    """||gradient left in .grad|| / ||gradient of one fresh loss_fn()||: about 1 when the
+    loop zeroes gradients before each backward, about the step count when it never does."""
+    left = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    left_norm = math.sqrt(float(sum(g.float().pow(2).sum() for g in left)))
+    fresh = total_grad_norm(model, loss_fn)
+    return left_norm / fresh if fresh > 0 else math.inf
+
+
+def probability_rows(outputs: torch.Tensor, softmax: bool) -> float:
+    """Share of output rows that are probabilities: all in [0, 1] (and summing to 1)."""
+    inside = ((outputs >= 0) & (outputs <= 1)).all(dim=1)
+    if softmax:
+        inside &= (outputs.sum(dim=1) - 1).abs() < 1e-4
+    return float(inside.float().mean())
+
+
+def fewest_values_per_channel(model: nn.Module, call: Callable[[], object]) -> int:
+    """Smallest N x spatial size over the inputs of every BatchNorm forward."""
+    counts: list[int] = []
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, args: counts.append(args[0].numel() // args[0].shape[1])
+        )
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    try:
+        forward(model, call)
+    finally:
+        for h in handles:
+            h.remove()
+    return min(counts)
