@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 highlight=False,
                 markup=False,
             )
+            console.file.flush()
     ordered = [results[n] for n in names]
     summary = summarise(ordered)
     print_cases(console, ordered)

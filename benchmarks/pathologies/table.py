@@ -19,6 +19,22 @@ def _codes(result: dict[str, Any]) -> str:
     return " ".join(f"{sev}:{code}" for code, sev in seen.items()) or "-"
 
 
+def _root(result: dict[str, Any]) -> str:
+    if result["root_first"]:
+        return "[green]first[/]"
+    return "[yellow]named[/]" if result["root_named"] else "[red]no[/]"
+
+
+def _proof(result: dict[str, Any]) -> str:
+    """The proof's value and bar (the figure's name is in the JSON), or the error."""
+    proof = result.get("proof")
+    if not proof:
+        return (result.get("error") or "")[:60]
+    value = proof["value"]
+    shown = f"{value:.3g}" if isinstance(value, float | int) else str(value)
+    return f"{shown} ({proof['threshold']})"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -33,11 +49,11 @@ def print_cases(console: Console, results: list[dict[str, Any]]) -> None:
         "codes raised (E/W/I)",
         "status",
         "detected",
-        "root 1st",
-        "proof",
+        "root code",
+        "proof (value, bar)",
         "cost",
     ):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "case")
     for r in results:
         healthy = r.get("category") == HEALTHY
         ok = r["status"] == "ok"
@@ -48,11 +64,11 @@ def print_cases(console: Console, results: list[dict[str, Any]]) -> None:
             first = "-"
         else:
             detected = MARK[r["detected"]] if ok else "-"
-            first = MARK[r["root_first"]] if ok else "-"
+            first = _root(r) if ok else "-"
         status = {"ok": "ok", "invalid": "[yellow]INVALID[/]"}.get(
             r["status"], f"[red]{r['status'].upper()}[/]"
         )
-        proof = r.get("proof_text") or (r.get("error") or "")[:80]
+        proof = _proof(r)
         cost = f"{r['cost']['ratio']:.3f}x" if r.get("cost") else "-"
         table.add_row(
             r["name"],

@@ -118,8 +118,8 @@ def run(name: str, case_files: tuple[str, ...], cost_steps: int) -> dict:
         except Exception as error:  # a crash is a result, recorded with its phase
             result["error"] = f"{type(error).__name__}: {error}"
             result["traceback"] = traceback.format_exc()[-4000:]
-    from_monitor = [w for w in caught if "vitalstats" in str(w.filename)]
-    result["monitor_warnings"] = sorted({str(w.message)[:300] for w in from_monitor})
+    seen = {f"{w.category.__name__}: {str(w.message)[:300]}": None for w in caught}
+    result["warnings"] = list(seen)[:10]  # Python warnings of the run (monitor's included)
     result["wall_s"] = time.perf_counter() - started
     return result
 

@@ -34,6 +34,7 @@ def by_name(run: dict) -> dict[str, dict]:
     return {c["name"]: c for c in run["cases"]}
 
 
+@pytest.mark.slow
 def test_runner_writes_meta_summary_and_one_record_per_case(tiny_run: dict) -> None:
     assert set(tiny_run) == {"meta", "summary", "cases"}
     assert sorted(by_name(tiny_run)) == [
@@ -44,6 +45,7 @@ def test_runner_writes_meta_summary_and_one_record_per_case(tiny_run: dict) -> N
         assert {"name", "arch", "category", "expected", "root", "status", "wall_s"} <= set(case)
 
 
+@pytest.mark.slow
 def test_healthy_case_trains_and_records_findings_proof_and_cost(tiny_run: dict) -> None:
     healthy = by_name(tiny_run)["tiny_healthy"]
     assert healthy["status"] == "ok"
@@ -53,6 +55,7 @@ def test_healthy_case_trains_and_records_findings_proof_and_cost(tiny_run: dict)
     assert healthy["cost"]["steps"] == 10 and healthy["cost"]["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_fault_case_is_scored_against_its_expected_and_root_codes(tiny_run: dict) -> None:
     fault = by_name(tiny_run)["tiny_fault_nan_input"]
     assert fault["status"] == "ok"
@@ -63,11 +66,13 @@ def test_fault_case_is_scored_against_its_expected_and_root_codes(tiny_run: dict
     assert fault["root_first"] == (fault["severe_codes"][0] == "NONFINITE_INPUT")
 
 
+@pytest.mark.slow
 def test_a_fault_that_did_not_happen_is_invalid_not_a_miss(tiny_run: dict) -> None:
     invalid = by_name(tiny_run)["tiny_invalid"]
     assert invalid["status"] == "invalid" and invalid["proof"]["holds"] is False
 
 
+@pytest.mark.slow
 def test_a_crash_is_recorded_with_its_phase_and_the_run_goes_on(tiny_run: dict) -> None:
     crash = by_name(tiny_run)["tiny_crash"]
     assert crash["status"] == "crash" and crash["phase"] == "train"
@@ -75,6 +80,7 @@ def test_a_crash_is_recorded_with_its_phase_and_the_run_goes_on(tiny_run: dict) 
     assert "RuntimeError" in crash["traceback"]
 
 
+@pytest.mark.slow
 def test_summary_counts_only_valid_cases_in_the_rates(tiny_run: dict) -> None:
     s = tiny_run["summary"]
     assert s["cases"] == 4 and s["crashes"] == 1 and s["invalid"] == 1
