@@ -90,7 +90,7 @@ class LrHighGpt2Adamw(GPT2Case):
     def prove(self, losses: list[float]) -> Proof:
         # the same loop at lr 1e-3 ends near 2.45 (healthy_gpt2_chars_adamw_warmup)
         return at_least(
-            "mean loss of the last 50 steps (healthy lr: ~2.45)", smoothed(losses, -50, None), 2.7
+            "mean loss of the last 50 steps (lr 1e-3: ~2.45)", smoothed(losses, -50, None), 2.65
         )
 
 
