@@ -1,0 +1,1 @@
+"""Benchmark cases, one module per group of pathologies (each case registers itself)."""

@@ -1,0 +1,83 @@
+"""Scores of the benchmark: per-case verdicts and the summary (pure functions of results).
+
+- detected (fault case): some warning/error finding has a code in the case's ``expected``.
+- root named first: the first warning/error finding in ``diagnose()`` order has the root code.
+- false alarm (healthy case): any warning/error finding (info findings do not count).
+- recall = detected / fault cases that ran and proved their fault (status ``ok``);
+  false-alarm rate = alarmed / healthy cases that ran and trained (status ``ok``);
+  root-first rate = root named first / the same fault cases. ``invalid`` cases (the fault did
+  not happen, or a healthy run did not train) and crashes/timeouts are counted apart.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from pathologies.case import HEALTHY
+
+SEVERE = ("warning", "error")
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """Add ``severe_codes``, ``alarmed``, ``detected``, ``root_named``, ``root_first``."""
+    severe: list[str] = []
+    for f in result.get("findings", []):
+        if f["severity"] in SEVERE and f["code"] not in severe:
+            severe.append(f["code"])
+    out = dict(result)
+    out["severe_codes"] = severe
+    out["alarmed"] = bool(severe)
+    if result.get("category") != HEALTHY:
+        expected, root = set(result.get("expected", ())), result.get("root")
+        out["detected"] = any(c in expected for c in severe)
+        out["root_named"] = root in severe
+        out["root_first"] = bool(severe) and severe[0] == root
+    return out
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Confusion table, recall, false-alarm rate, root-first rate, crashes, cost."""
+    healthy = [r for r in results if r.get("category") == HEALTHY and r["status"] == "ok"]
+    faults = [r for r in results if r.get("category") != HEALTHY and r["status"] == "ok"]
+    alarms = sum(r["alarmed"] for r in healthy)
+    detected = sum(r["detected"] for r in faults)
+    other = sum(r["alarmed"] and not r["detected"] for r in faults)
+    per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in faults:
+        row = per_category[r["category"]]
+        row[0] += 1
+        row[1] += r["detected"]
+        row[2] += r["root_first"]
+    costs = [r["cost"]["ratio"] for r in results if r.get("cost")]
+    status = Counter(r["status"] for r in results)
+    return {
+        "cases": len(results),
+        "status": dict(status),
+        "confusion": {
+            "healthy": {"silent": len(healthy) - alarms, "alarmed": alarms},
+            "fault": {
+                "silent": len(faults) - detected - other,
+                "alarmed_other_code": other,
+                "detected": detected,
+            },
+        },
+        "recall": _rate(detected, len(faults)),
+        "false_alarm_rate": _rate(alarms, len(healthy)),
+        "root_first_rate": _rate(sum(r["root_first"] for r in faults), len(faults)),
+        "root_named_rate": _rate(sum(r["root_named"] for r in faults), len(faults)),
+        "crashes": status.get("crash", 0) + status.get("timeout", 0),
+        "invalid": status.get("invalid", 0),
+        "cost_mean_ratio": statistics.fmean(costs) if costs else None,
+        "cost_median_ratio": statistics.median(costs) if costs else None,
+        "cost_max_ratio": max(costs) if costs else None,
+        "per_category": {
+            k: {"cases": v[0], "detected": v[1], "root_first": v[2]}
+            for k, v in sorted(per_category.items())
+        },
+    }
