@@ -57,8 +57,11 @@ def monitored_run(cls: type[Case], result: dict) -> Case:
     findings = mon.diagnose()
     mon.close()
     result["train_s"] = time.perf_counter() - started
+    # diagnose() tells a story: root causes first, each followed by the findings it explains
     result["findings"] = [
-        {"code": f.code, "severity": f.severity, "layer": f.layer, "step": f.step} for f in findings
+        {"code": f.code, "severity": f.severity, "layer": f.layer, "step": f.step, "root": root}
+        for parent in findings
+        for f, root in [(parent, True), *((c, False) for c in parent.consequences)]
     ]
     result["messages"] = [str(f) for f in findings if f.severity in SEVERE][:12]
     result["loss_first"] = _finite_or_str(losses[0])

@@ -150,12 +150,13 @@ def gather(records: list[StepRecord]) -> list[StepValues]:
     with_data = [r for r in records if r.parts]
     if not with_data:
         return [StepValues(r.step, {}, dict(r.host), dict(r.labels)) for r in records]
-    flat = torch.cat([part.to(torch.float64) for r in with_data for part in r.parts])
+    flat = torch.cat([part for r in with_data for part in r.parts]).to(torch.float64)
     spans: dict[tuple[Rule, Any], list[tuple[int, tuple[int, ...]]]] = {}
     offset = 0
+    distributed = _any_distributed(None)  # a group of size > 1 needs the default group first
     for record in with_data:
         for shape, rule, group in zip(record.shapes, record.rules, record.groups):
-            if rule != "same" and _any_distributed(group):
+            if distributed and rule != "same" and _any_distributed(group):
                 spans.setdefault((rule, group), []).append((offset, shape))
             offset += math.prod(shape)
     for (rule, groups), where in spans.items():
