@@ -30,7 +30,7 @@ from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
     batch_norm_statistics,
-    check_positive_eps,
+    check_eps,
     check_values_per_channel,
     normalize_with_running_stats,
     update_running_stats,
@@ -175,7 +175,9 @@ class _NormBase(torch.nn.Module):
             return 0.0  # torch: no count, no update
         return (self.num_batches_tracked + 1).double().reciprocal()
 
-    def _update_running_stats(self, batch_mean: Tensor, batch_var: Tensor, count: int) -> None:
+    def _update_running_stats(
+        self, batch_mean: Tensor, batch_var: Tensor, count: int | Tensor
+    ) -> None:
         """Fold this batch into the running buffers (training with track_running_stats)."""
         factor = self._exponential_average_factor()
         finite = update_running_stats(
@@ -211,6 +213,7 @@ class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        check_eps(self.eps, self.layer_label(), use_batch_stats)
         if not use_batch_stats:
             return normalize_with_running_stats(
                 input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
@@ -223,7 +226,6 @@ class _BatchNorm(_NormBase):
                 self.weight, self.bias, self.eps,
             )  # fmt: skip
         check_values_per_channel(input, self.layer_label())
-        check_positive_eps(self.eps, self.layer_label())
         output, mean, var = batch_norm_statistics(input, self.weight, self.bias, self.eps)
         if self.training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping

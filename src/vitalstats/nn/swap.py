@@ -33,6 +33,7 @@ def _pairs() -> list[tuple[type[torch.nn.Module], type[torch.nn.Module]]]:
         (torch.nn.BatchNorm3d, batchnorm.BatchNorm3d),
         (torch.nn.InstanceNorm1d, instancenorm.InstanceNorm1d),
         (torch.nn.InstanceNorm2d, instancenorm.InstanceNorm2d),
+        (torch.nn.InstanceNorm3d, instancenorm.InstanceNorm3d),
         (torch.nn.LayerNorm, normalization.LayerNorm),
         (torch.nn.GroupNorm, normalization.GroupNorm),
         (torch.nn.RMSNorm, normalization.RMSNorm),

@@ -1,0 +1,92 @@
+"""LayerNorm and GroupNorm: per-sample statistics, forward and backward side by side.
+
+Both normalise x over a set of dims D (LayerNorm: the trailing ``normalized_shape`` dims;
+GroupNorm: each group of C / G channels with the spatial dims, seen as (N, G, C/G, S)):
+
+    mean = mean_D(x),   var = mean_D((x - mean)^2)   (biased),   invstd = 1 / sqrt(var + eps)
+    y    = (x - mean) * invstd * w + b
+
+Backward (``centered_backward``, the one formula for both), with x_hat = (x - mean) * invstd
+and g = dy * w:
+
+    dx = invstd * (g - mean_D(g) - x_hat * mean_D(g * x_hat))
+    dw = sum(dy * x_hat),  db = sum(dy)   (over the dims w is shared across)
+
+The code that runs is torch's fused native kernel (``torch.layer_norm``/``torch.group_norm``:
+statistics, output and closed-form backward in one pass each way, in the input's dtype and
+memory format, bit for bit torch's results). The reference forward and the formula above are
+the readable oracle: tests check the native kernel against them in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "centered_backward",
+    "group_norm_native",
+    "group_norm_reference",
+    "layer_norm_native",
+    "layer_norm_reference",
+]
+
+
+def layer_norm_native(
+    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """torch's fused LayerNorm kernel (contiguous output, like torch.nn.LayerNorm)."""
+    return torch.layer_norm(x, shape, weight, bias, eps, torch.backends.cudnn.enabled)
+
+
+def group_norm_native(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """torch's fused GroupNorm kernel (channels_last input keeps its layout on the CPU)."""
+    return torch.group_norm(x, num_groups, weight, bias, eps, torch.backends.cudnn.enabled)
+
+
+def _centered(x: Tensor, dims: tuple[int, ...], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_hat, mean, invstd) over ``dims`` (kept as size 1), differentiable."""
+    mean = x.mean(dims, keepdim=True)
+    invstd = torch.rsqrt(((x - mean) ** 2).mean(dims, keepdim=True) + eps)
+    return (x - mean) * invstd, mean, invstd
+
+
+def layer_norm_reference(
+    x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """y = (x - mean) * invstd * w + b over the trailing ``shape`` dims, from the definition."""
+    y = _centered(x, tuple(range(x.dim() - len(shape), x.dim())), eps)[0]
+    y = y * weight if weight is not None else y
+    return y + bias if bias is not None else y
+
+
+def group_norm_reference(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """y over the (N, G, C/G, S) view, statistics per (sample, group), affine per channel."""
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, num_groups, c // num_groups, math.prod(x.shape[2:]))
+    y = _centered(grouped, (2, 3), eps)[0].reshape(x.shape)
+    view = (1, c) + (1,) * (x.dim() - 2)
+    y = y * weight.reshape(view) if weight is not None else y
+    return y + bias.reshape(view) if bias is not None else y
+
+
+def centered_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, dims: tuple[int, ...], eps: float
+) -> Tensor:
+    """dL/dx of y = x_hat * w + b, x_hat = (x - mean) * invstd with mean, var over ``dims``:
+
+        dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)),   g = dy * w
+
+    Derivation: d x_hat_i / d x_j = invstd * (delta_ij - 1/n - x_hat_i * x_hat_j / n) over the
+    n values of a statistic; contract with g. ``weight`` broadcasts against ``x`` (LayerNorm:
+    normalized_shape; GroupNorm in the (N, G, C/G, S) view: (1, G, C/G, 1))."""
+    x_hat, _, invstd = _centered(x, dims, eps)
+    g = grad_out * weight if weight is not None else grad_out
+    projection = (g * x_hat).mean(dims, keepdim=True)
+    return invstd * (g - g.mean(dims, keepdim=True) - x_hat * projection)
