@@ -10,20 +10,19 @@ Backward (``batch_norm_backward``, the one formula; SyncBatchNorm passes group-w
     dx = w * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n),   x_hat = (x - mean) * invstd
     dw = sum(dy * x_hat),   db = sum(dy)
 
-``batch_norm_reference`` writes the forward in plain differentiable ops: it is the oracle the
-fast path is tested against and what double backward differentiates. The fast path
-(``batch_norm_forward``, ``BatchNormFunction.backward``) runs torch's native kernels where they
-are fastest and composes tensor ops where those are (CPU, one thread, float32):
+``batch_norm_reference`` writes the forward in plain differentiable ops: with the formula above
+it is the oracle the kernels are tested against (tests/nn/test_batch_norm_maths.py) and what
+double backward differentiates. What runs (``batch_norm_training``):
 
-    layout                          statistics              y                 dx
-    channels innermost (N, C),      batch_norm_update_stats  one addcmul       native sums +
-      channels_last                                                            two addcmul
-    channels first (NCHW)           corrected two-pass       in place on the   native backward
-                                    (torch's kernel runs a   centred buffer
-                                    scalar float64 loop, 6x
-                                    slower)
-    half/bfloat16, CUDA, other      batch_norm_update_stats  native kernel     native backward
-      strides                       (float32 statistics)
+* torch's fused training kernel, handed scratch running buffers with momentum 1 so that it
+  also returns the exact unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it
+  for its running_var) without touching the layer's buffers: the non-finite guard decides
+  afterwards whether they change. Called with autograd (torch's C++ backward node) for
+  float32/float64 input; for half/bfloat16 input inside ``BatchNormFunction`` with float32
+  parameters, so the statistics are float32 and autograd keeps no more than torch's kernel;
+* for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
+  corrected two-pass statistics of ``_centered_moments`` instead: torch's kernel runs a scalar
+  float64 loop over that layout, 5-10x slower; the backward is torch's native kernel.
 
 Statistics are float32 for half/bfloat16 input (float64 stays float64), never E[x^2] - E[x]^2.
 """
@@ -40,9 +39,9 @@ from vitalstats.nn._layout import channel_view, channels_contiguous, compute_dty
 __all__ = [
     "BatchNormFunction",
     "batch_norm_backward",
-    "batch_norm_forward",
     "batch_norm_gradient_sums",
     "batch_norm_reference",
+    "batch_norm_training",
     "batch_statistics",
     "normalize",
 ]
@@ -77,19 +76,23 @@ def batch_norm_backward(
 
     Derivation: x_hat = (x - mean) * invstd with mean and var over the n values of a channel,
     so d x_hat_i / d x_j = invstd * (delta_ij - 1/n - x_hat_i * x_hat_j / n); dx = w dy . that.
-    Written as the affine map dx = k * dy - a * x + offset (a = k * invstd * sum(dy x_hat) / n,
-    offset = a * mean - k * sum(dy) / n): two passes over memory. ``mean``, ``invstd`` and the
-    sums are (C,); the sums may cover more than this input (SyncBatchNorm: all ranks, with
-    ``count`` the group's n). Differentiable ops only, so double backward differentiates it.
+    Computed as dx = k * dy - a * (x - mean) + offset with per-channel a = k * invstd *
+    sum(dy x_hat) / n and offset = -k * sum(dy) / n (x - mean first: no cancellation when
+    |mean| >> std). ``mean``, ``invstd`` and the sums are (C,); the sums may cover more than
+    this input (SyncBatchNorm: all ranks, with ``count`` the group's n). Under autograd (double
+    backward) plain ops; otherwise in place in the centred buffer, three passes over memory.
     """
     ndim = input.dim()
     k = invstd * weight if weight is not None else invstd
     a = k * invstd * sum_dy_xhat / count
-    offset = a * mean - k * sum_dy / count
+    offset = -k * sum_dy / count
     a, k, offset = channel_view(a, ndim), channel_view(k, ndim), channel_view(offset, ndim)
+    centered = input - channel_view(mean, ndim)
+    if torch.is_grad_enabled():
+        return k * grad_out - a * centered + offset
     if channels_contiguous(input):  # coefficients vary along memory rows: addcmul is fastest
-        return torch.addcmul(offset, input, -a).addcmul_(grad_out, k)
-    return torch.mul(input, -a).add_(offset).addcmul_(grad_out, k)
+        return torch.addcmul(offset, centered, -a, out=centered).addcmul_(grad_out, k)
+    return centered.mul_(-a).add_(offset).addcmul_(grad_out, k)
 
 
 def _reference_backward(
@@ -107,22 +110,6 @@ def _reference_backward(
     return grad_input, sum_dy_xhat, sum_dy
 
 
-def _fast_cpu(x: Tensor) -> bool:
-    """float32/float64 on the CPU: where composed tensor ops beat torch's kernels."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-
-
-def batch_norm_statistics_fast(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean, biased var), (C,) each in the compute dtype, by torch's two-pass kernel
-    (float64 accumulation for float32 contiguous input). For half/bfloat16 input, float32
-    running buffers with momentum 0 select torch's mixed-precision kernel, whose statistics
-    are float32 (the buffers are scratch: 0 * batch + 1 * scratch)."""
-    scratch = None
-    if compute_dtype(x.dtype) != x.dtype:
-        scratch = torch.zeros(x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
-    return torch.batch_norm_update_stats(x, scratch, scratch, 0.0)
-
-
 def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Corrected two-pass moments of channels-first contiguous x seen as (N, C, S):
     (buffer, c, rough_mean, correction, var) with c = x - rough_mean, the (N, C, S) view of a
@@ -130,8 +117,7 @@ def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
 
     m0 = rough mean, c = x - m0, then mean = m0 + mean(c) and var = mean(c^2) - mean(c)^2:
     the correction mean(c) removes m0's rounding and nothing cancels because c is centred.
-    Sums run along the contiguous rows first (S, then N): torch's own kernel for this layout
-    is a scalar float64 loop, 5-10x slower on the CPU."""
+    Sums run along the contiguous rows first (S, then N)."""
     rows = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, S), a view
     count = rows.shape[0] * rows.shape[2]
     rough_mean = rows.sum(2, keepdim=True).sum(0, keepdim=True) / count
@@ -145,7 +131,46 @@ def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
 
 
 def _channels_first_cpu(x: Tensor) -> bool:
-    return _fast_cpu(x) and x.is_contiguous() and not channels_contiguous(x)
+    """float32/float64 NCHW-contiguous CPU input with a spatial extent."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and not channels_contiguous(x)
+    )
+
+
+def _two_pass_training(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, var, unbiased var, invstd) by ``_centered_moments``, y = c * scale + shift
+    written in place in the centred buffer. No autograd."""
+    y, centered, rough_mean, correction, var = _centered_moments(x)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight.reshape(1, -1, 1) if weight is not None else invstd
+    shift = -correction * scale
+    if bias is not None:
+        shift = shift + bias.reshape(1, -1, 1)
+    centered.mul_(scale).add_(shift)
+    count = x.numel() // x.shape[1]
+    var = var.reshape(-1)
+    mean = (rough_mean + correction).reshape(-1)
+    return y, mean, var, var * (count / (count - 1)), invstd.reshape(-1)
+
+
+def _native_training(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, var, unbiased var, invstd) from torch's training kernel; scratch running
+    buffers (zeros, momentum 1) receive mean and unbiased var, the layer's are untouched.
+    Differentiable in x, weight, bias when called with autograd."""
+    scratch = torch.zeros(2, x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
+    y, mean, invstd = torch.native_batch_norm(
+        x, weight, bias, scratch[0], scratch[1], True, 1.0, eps
+    )
+    count = x.numel() // x.shape[1]
+    unbiased = scratch[1]
+    return y, mean, unbiased * ((count - 1) / count), unbiased, invstd
 
 
 def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,60 +178,39 @@ def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     if _channels_first_cpu(x):
         _, _, rough_mean, correction, var = _centered_moments(x)
         return (rough_mean + correction).reshape(-1), var.reshape(-1)
-    return batch_norm_statistics_fast(x)
+    scratch = None  # half precision: float32 buffers (momentum 0) select float32 statistics
+    if compute_dtype(x.dtype) != x.dtype:
+        scratch = torch.zeros(x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
+    return torch.batch_norm_update_stats(x, scratch, scratch, 0.0)
 
 
 def normalize(
-    x: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    invstd: Tensor | None = None,
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
-    """y = (x - mean) / sqrt(var + eps) * w + b with given (C,) statistics, in x's dtype and
-    memory format. One addcmul pass where the channels are innermost (float32/64 CPU), torch's
-    native inference kernel elsewhere (it takes half/bfloat16 input with float32 statistics)."""
-    if _fast_cpu(x) and channels_contiguous(x):
-        scale = invstd if invstd is not None else torch.rsqrt(var + eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
-        ndim = x.dim()
-        return torch.addcmul(channel_view(shift, ndim), x, channel_view(scale, ndim))
+    """y = (x - mean) / sqrt(var + eps) * w + b with given (C,) statistics (compute dtype),
+    by torch's native inference kernel: x's dtype and memory format. No autograd."""
     return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
 
 
-def batch_norm_forward(
+def batch_norm_training(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training BatchNorm without autograd: (y, mean, biased var, invstd); statistics (C,) in
-    the compute dtype, y in x's dtype and memory format. Weight and bias may be in x's dtype
-    or (mixed precision) float32."""
-    dtype = compute_dtype(x.dtype)
+    """Training BatchNorm: (y, mean, biased var, unbiased var); the statistics (C,) in the
+    compute dtype and detached, y in x's dtype and memory format, differentiable."""
+    if _channels_first_cpu(x) or compute_dtype(x.dtype) != x.dtype:
+        return BatchNormFunction.apply(x, weight, bias, eps)
+    dtype = x.dtype  # parameters in another dtype (mixed precision): convert, differentiably
     weight = weight.to(dtype) if weight is not None else None
     bias = bias.to(dtype) if bias is not None else None
-    if _channels_first_cpu(x):  # y = c * scale + shift, in place in the centred buffer
-        y, centered, rough_mean, correction, var = _centered_moments(x)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd * weight.reshape(1, -1, 1) if weight is not None else invstd
-        shift = -correction * scale
-        if bias is not None:
-            shift = shift + bias.reshape(1, -1, 1)
-        centered.mul_(scale).add_(shift)
-        mean = rough_mean + correction
-        return y, mean.reshape(-1), var.reshape(-1), invstd.reshape(-1)
-    mean, var = batch_norm_statistics_fast(x)
-    invstd = torch.rsqrt(var + eps)
-    return normalize(x, mean, var, weight, bias, eps, invstd), mean, var, invstd
+    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps)
+    return y, mean, var, unbiased
 
 
 def batch_norm_gradient_sums(
     grad_out: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, eps: float
 ) -> tuple[Tensor, Tensor]:
     """(sum(dy), sum(dy * x_hat)) per channel, (C,) in the compute dtype, by torch's fused
-    backward reduction (composed ops for an empty input, where that kernel is undefined)."""
+    backward reduction (zeros for an empty input, where that kernel is undefined)."""
     if x.numel() == 0:
         zeros = torch.zeros_like(mean)
         return zeros, zeros.clone()
@@ -217,23 +221,28 @@ def batch_norm_gradient_sums(
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training BatchNorm: (y, mean, biased var); the statistics are non-differentiable
-    outputs (their dependence on x is inside ``batch_norm_backward``). Saves x, the weight,
-    mean and invstd: no more than torch's native BatchNorm keeps."""
+    """Training BatchNorm where torch's autograd node is not used: channels-first CPU input
+    (two-pass statistics) and half/bfloat16 input (float32 parameters and statistics). Returns
+    (y, mean, var, unbiased var); the statistics are non-differentiable outputs (their
+    dependence on x is inside the backward formula). Saves x, the weight, mean and invstd."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, var, invstd = batch_norm_forward(x, weight, bias, eps)
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dtype = compute_dtype(x.dtype)
+        weight_c = weight.to(dtype) if weight is not None else None
+        bias_c = bias.to(dtype) if bias is not None else None
+        training = _two_pass_training if _channels_first_cpu(x) else _native_training
+        y, mean, var, unbiased, invstd = training(x, weight_c, bias_c, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        ctx.mark_non_differentiable(mean, var, unbiased)
+        return y, mean, var, unbiased
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, _grad_mean: Any, _grad_var: Any) -> tuple:
+    def backward(ctx: Any, grad_out: Tensor, *_grad_statistics: Any) -> tuple:
         x, weight, mean, invstd = ctx.saved_tensors
         dtype = compute_dtype(x.dtype)
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -243,19 +252,12 @@ class BatchNormFunction(torch.autograd.Function):
                 grad_out.to(dtype), x.to(dtype), weight_c, ctx.eps
             )
             grad_input = grad_input.to(x.dtype)
-        elif _fast_cpu(x) and channels_contiguous(x):  # dw = sum(dy x_hat), db = sum(dy)
-            grad_bias, grad_weight = batch_norm_gradient_sums(grad_out, x, mean, invstd, ctx.eps)
-            grad_input = None
-            if need_input:
-                grad_input = batch_norm_backward(
-                    grad_out, x, weight_c, mean, invstd, grad_bias, grad_weight,
-                    x.numel() // x.shape[1],
-                )  # fmt: skip
         else:
             grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_out, x, weight_c, None, None, mean, invstd, True, ctx.eps,
                 [need_input, need_weight or need_bias, need_weight or need_bias],
             )  # fmt: skip
+        grad_input = grad_input if need_input else None
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(ctx.bias_dtype) if need_bias else None
         return grad_input, grad_weight, grad_bias, None

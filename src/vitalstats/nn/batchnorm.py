@@ -26,14 +26,14 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
+from vitalstats.nn._batch_norm import batch_norm_training
 from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
-    batch_norm_statistics,
     check_eps,
     check_values_per_channel,
+    lerp_running_stats,
     normalize_with_running_stats,
-    update_running_stats,
 )
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -175,17 +175,14 @@ class _NormBase(torch.nn.Module):
             return 0.0  # torch: no count, no update
         return (self.num_batches_tracked + 1).double().reciprocal()
 
-    def _update_running_stats(
-        self, batch_mean: Tensor, batch_var: Tensor, count: int | Tensor
-    ) -> None:
+    def _update_running_stats(self, batch_mean: Tensor, unbiased_var: Tensor) -> None:
         """Fold this batch into the running buffers (training with track_running_stats)."""
         factor = self._exponential_average_factor()
-        finite = update_running_stats(
+        finite = lerp_running_stats(
             self.running_mean,
             self.running_var,
             batch_mean,
-            batch_var,
-            count,
+            unbiased_var,
             factor,
             skip_nonfinite=self.skip_nonfinite,
         )
@@ -194,8 +191,9 @@ class _NormBase(torch.nn.Module):
         if finite is None:
             self.num_batches_tracked.add_(1)
             return
-        self.num_batches_tracked.add_(finite.long())
-        self._nonfinite_warning.record(~finite, self._nonfinite_message)
+        self.num_batches_tracked.add_(finite)
+        if not self._nonfinite_warning.warned:
+            self._nonfinite_warning.record(~finite, self._nonfinite_message)
 
     def _nonfinite_message(self) -> str:
         return (
@@ -226,12 +224,12 @@ class _BatchNorm(_NormBase):
                 self.weight, self.bias, self.eps,
             )  # fmt: skip
         check_values_per_channel(input, self.layer_label())
-        output, mean, var = batch_norm_statistics(input, self.weight, self.bias, self.eps)
+        output, mean, var, unbiased = batch_norm_training(input, self.weight, self.bias, self.eps)
         if self.training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
             self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
             if self.track_running_stats and self.running_mean is not None:
-                self._update_running_stats(mean, var, input.numel() // self.num_features)
+                self._update_running_stats(mean, unbiased)
         return output
 
 

@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vitalstats.nn._batch_norm import batch_statistics
+from vitalstats.nn._batch_norm import batch_norm_training, batch_statistics
 from vitalstats.nn.batchnorm import _BatchNorm
 from vitalstats.nn.functional import (
-    batch_norm_statistics,
     check_eps,
     check_values_per_channel,
     normalize_with_running_stats,
@@ -111,9 +110,9 @@ class _BatchRenorm(_BatchNorm):
         bias = d if self.weight is None else self.weight * d.to(self.weight.dtype)
         if self.bias is not None:
             bias = bias + self.bias
-        output, mean, var = batch_norm_statistics(input, weight, bias, self.eps)
-        self.batch_mean, self.batch_var = mean.float(), var.float()
-        self._update_running_stats(mean, var, input.numel() // self.num_features)
+        output, mean, var, unbiased = batch_norm_training(input, weight, bias, self.eps)
+        self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
+        self._update_running_stats(mean, unbiased)
         return output
 
     def extra_repr(self) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from vitalstats.nn._batch_norm import BatchNormFunction
+from vitalstats.nn._batch_norm import batch_norm_training
 from vitalstats.nn._errors import check_float_input, check_param_shape, describe_shape
 from vitalstats.nn._layout import compute_dtype
 from vitalstats.nn._per_sample import group_norm_native, layer_norm_native
@@ -81,7 +81,8 @@ def batch_norm_statistics(
     input's memory format. The statistics are float32 for half/bfloat16 input, detached, and
     never synced to the host.
     """
-    return BatchNormFunction.apply(input, weight, bias, eps)
+    y, mean, var, _ = batch_norm_training(input, weight, bias, eps)
+    return y, mean, var
 
 
 def update_running_stats(
@@ -99,8 +100,7 @@ def update_running_stats(
         running_var  = (1 - momentum) * running_var  + momentum * batch_var * n / (n - 1)
 
     ``batch_var`` is the biased variance of ``count`` values per channel; the update uses the
-    unbiased one (Bessel; a tensor ``count`` <= 1 gives NaN, which the guard skips). Computed
-    as ``torch.lerp`` in the statistics' dtype (float32 for float32 and half buffers). With
+    unbiased one (Bessel; a tensor ``count`` <= 1 gives NaN, which the guard skips). With
     ``skip_nonfinite`` a batch whose statistics hold a NaN/Inf leaves both buffers as they were;
     the returned 0-d bool tensor says whether the batch was finite (None without the check).
     """
@@ -109,16 +109,38 @@ def update_running_stats(
         unbiased = unbiased.to(batch_var.dtype)
     else:
         unbiased = batch_var * (count / max(count - 1, 1))
+    return lerp_running_stats(
+        running_mean, running_var, batch_mean, unbiased, momentum, skip_nonfinite
+    )
+
+
+def lerp_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    batch_mean: Tensor,
+    unbiased_var: Tensor,
+    momentum: float | Tensor,
+    skip_nonfinite: bool = False,
+) -> Tensor | None:
+    """``update_running_stats`` given the unbiased variance: running = lerp(running, batch,
+    momentum), in the statistics' dtype (float32 for float32 and half buffers)."""
     finite = None
     if skip_nonfinite:  # a NaN/Inf anywhere makes the float64 sum non-finite: one flag
-        total = batch_mean.sum(dtype=torch.float64) + unbiased.sum(dtype=torch.float64)
+        total = batch_mean.sum(dtype=torch.float64) + unbiased_var.sum(dtype=torch.float64)
         finite = torch.isfinite(total)
-    for running, batch in ((running_mean, batch_mean), (running_var, unbiased)):
-        if running is None:
-            continue
-        work = running if running.dtype == batch.dtype else running.to(batch.dtype)
+    pairs = [(r, b.detach()) for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))]
+    pairs = [(r, b) for r, b in pairs if r is not None]
+    if not pairs:
+        return finite
+    if not isinstance(momentum, Tensor) and all(r.dtype == b.dtype for r, b in pairs):
+        # one fused lerp for both buffers; a skipped batch lerps each buffer to itself (exact)
+        targets = [b if finite is None else torch.where(finite, b, r) for r, b in pairs]
+        torch._foreach_lerp_([r for r, _ in pairs], targets, momentum)
+        return finite
+    for running, batch in pairs:  # buffers in another dtype (bfloat16 layers), momentum=None
+        work = running.to(batch.dtype)
         weight = momentum.to(batch.dtype) if isinstance(momentum, Tensor) else momentum
-        updated = torch.lerp(work, batch.detach(), weight)
+        updated = torch.lerp(work, batch, weight)
         if finite is not None:
             updated = torch.where(finite, updated, work)
         running.copy_(updated)
@@ -154,9 +176,8 @@ def batch_norm(
     check_eps(eps, "batch_norm", training)
     if training:
         check_values_per_channel(input, "batch_norm")
-        y, mean, var = batch_norm_statistics(input, weight, bias, eps)
-        count = input.numel() // input.shape[1]
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps)
+        lerp_running_stats(running_mean, running_var, mean, unbiased, momentum)
         return y
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -201,10 +222,21 @@ def instance_norm(
     dims, i.e. BatchNorm of the contiguous (1, N * C, *) view with the per-channel parameters
     repeated N times, as torch computes it (so the output is contiguous, like torch's). With
     running buffers and ``use_input_stats`` they get the batch-average of the per-instance
-    means and unbiased variances."""
+    means and unbiased variances. Half/bfloat16 input runs ``torch.instance_norm`` itself."""
     check_float_input(input, "instance_norm", min_dims=3)
     _check_per_channel(input, "instance_norm", running_mean, running_var, weight, bias)
     check_eps(eps, "instance_norm", use_input_stats)
+    if use_input_stats and input[0, 0].numel() <= 1:
+        raise ValueError(
+            f"instance_norm: expected more than 1 spatial element per channel when training, got "
+            f"input of shape {describe_shape(input)}. Fix: InstanceNorm needs a spatial "
+            "extent; use BatchNorm or LayerNorm for (N, C, 1) inputs."
+        )
+    if compute_dtype(input.dtype) != input.dtype:  # half precision: torch's kernel outright,
+        return torch.instance_norm(  # whose saved statistics are in the input dtype
+            input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+            torch.backends.cudnn.enabled,
+        )  # fmt: skip
     n, c = input.shape[:2]
     flat = input.contiguous().view(1, n * c, *input.shape[2:])  # (1, N * C, *)
     weight = weight.repeat(n) if weight is not None else None
@@ -219,18 +251,11 @@ def instance_norm(
             flat, running_mean.repeat(n), running_var.repeat(n), weight, bias, eps
         )
         return y.view(input.shape)
-    spatial = input[0, 0].numel()
-    if spatial <= 1:
-        raise ValueError(
-            f"instance_norm: expected more than 1 spatial element per channel when training, got "
-            f"input of shape {describe_shape(input)}. Fix: InstanceNorm needs a spatial "
-            "extent; use BatchNorm or LayerNorm for (N, C, 1) inputs."
-        )
-    y, mean, var = batch_norm_statistics(flat, weight, bias, eps)
+    y, mean, _, unbiased = batch_norm_training(flat, weight, bias, eps)
     if running_mean is not None or running_var is not None:  # torch: batch-average of instances
-        update_running_stats(
-            running_mean, running_var, mean.view(n, c).mean(0), var.view(n, c).mean(0),
-            spatial, momentum,
+        lerp_running_stats(
+            running_mean, running_var, mean.view(n, c).mean(0), unbiased.view(n, c).mean(0),
+            momentum,
         )  # fmt: skip
     return y.view(input.shape)
 

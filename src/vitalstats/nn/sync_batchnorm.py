@@ -149,7 +149,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         invstd = torch.rsqrt(var64 + eps).to(dtype)
         weight_c = weight.to(dtype) if weight is not None else None
         bias_c = bias.to(dtype) if bias is not None else None
-        y = normalize(x, mean, var, weight_c, bias_c, eps, invstd)
+        y = normalize(x, mean, var, weight_c, bias_c, eps)
         ctx.save_for_backward(x, weight, mean, invstd, total)
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -277,7 +277,8 @@ class SyncBatchNorm(_BatchNorm):
         self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():  # the group's unbiased variance; N <= 1 gives NaN: skipped
-                self._update_running_stats(mean, var, total)
+                unbiased = torch.where(total > 1, var * total / (total - 1), torch.nan)
+                self._update_running_stats(mean, unbiased)
         return y
 
     def _check_channels_across_ranks(self, input: Tensor, collectives: _Collectives) -> None:
