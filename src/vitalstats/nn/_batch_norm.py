@@ -164,12 +164,12 @@ def _native_training(
     """(y, mean, var, unbiased var, invstd) from torch's training kernel; scratch running
     buffers (zeros, momentum 1) receive mean and unbiased var, the layer's are untouched.
     Differentiable in x, weight, bias when called with autograd."""
-    scratch = torch.zeros(2, x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else compute_dtype(x.dtype)
+    scratch_mean, unbiased = torch.zeros(2, x.shape[1], dtype=dtype, device=x.device).unbind(0)
     y, mean, invstd = torch.native_batch_norm(
-        x, weight, bias, scratch[0], scratch[1], True, 1.0, eps
+        x, weight, bias, scratch_mean, unbiased, True, 1.0, eps
     )
     count = x.numel() // x.shape[1]
-    unbiased = scratch[1]
     return y, mean, unbiased * ((count - 1) / count), unbiased, invstd
 
 
@@ -197,11 +197,13 @@ def batch_norm_training(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Training BatchNorm: (y, mean, biased var, unbiased var); the statistics (C,) in the
     compute dtype and detached, y in x's dtype and memory format, differentiable."""
-    if _channels_first_cpu(x) or compute_dtype(x.dtype) != x.dtype:
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.float64) or _channels_first_cpu(x):
         return BatchNormFunction.apply(x, weight, bias, eps)
-    dtype = x.dtype  # parameters in another dtype (mixed precision): convert, differentiably
-    weight = weight.to(dtype) if weight is not None else None
-    bias = bias.to(dtype) if bias is not None else None
+    if weight is not None and weight.dtype != dtype:  # mixed precision: convert, differentiably
+        weight = weight.to(dtype)
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
     y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps)
     return y, mean, var, unbiased
 

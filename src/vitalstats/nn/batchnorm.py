@@ -32,6 +32,7 @@ from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
     check_eps,
     check_values_per_channel,
+    finite_variance,
     lerp_running_stats,
     normalize_with_running_stats,
 )
@@ -151,6 +152,12 @@ class _NormBase(torch.nn.Module):
         return self.layer_name or f"{type(self).__name__}({self.num_features})"
 
     def _check_input_dim(self, input: Tensor) -> None:
+        if (
+            input.is_floating_point()
+            and input.dim() in self._expected_dims
+            and input.shape[1] == self.num_features
+        ):
+            return
         label = self.layer_label()
         check_float_input(input, label, min_dims=1)
         if input.dim() not in self._expected_dims:
@@ -177,14 +184,10 @@ class _NormBase(torch.nn.Module):
 
     def _update_running_stats(self, batch_mean: Tensor, unbiased_var: Tensor) -> None:
         """Fold this batch into the running buffers (training with track_running_stats)."""
+        finite = finite_variance(unbiased_var) if self.skip_nonfinite else None
         factor = self._exponential_average_factor()
-        finite = lerp_running_stats(
-            self.running_mean,
-            self.running_var,
-            batch_mean,
-            unbiased_var,
-            factor,
-            skip_nonfinite=self.skip_nonfinite,
+        lerp_running_stats(
+            self.running_mean, self.running_var, batch_mean, unbiased_var, factor, finite
         )
         if self.num_batches_tracked is None:
             return
@@ -193,7 +196,7 @@ class _NormBase(torch.nn.Module):
             return
         self.num_batches_tracked.add_(finite)
         if not self._nonfinite_warning.warned:
-            self._nonfinite_warning.record(~finite, self._nonfinite_message)
+            self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
 
     def _nonfinite_message(self) -> str:
         return (
@@ -211,7 +214,8 @@ class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        check_eps(self.eps, self.layer_label(), use_batch_stats)
+        if not (self.eps > 0 or (self.eps == 0 and not use_batch_stats)):
+            check_eps(self.eps, self.layer_label(), use_batch_stats)
         if not use_batch_stats:
             return normalize_with_running_stats(
                 input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
@@ -223,11 +227,14 @@ class _BatchNorm(_NormBase):
                 input, input.new_zeros(self.num_features), input.new_ones(self.num_features),
                 self.weight, self.bias, self.eps,
             )  # fmt: skip
-        check_values_per_channel(input, self.layer_label())
+        if input.numel() <= self.num_features:  # one value per channel
+            check_values_per_channel(input, self.layer_label())
         output, mean, var, unbiased = batch_norm_training(input, self.weight, self.bias, self.eps)
         if self.training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
-            self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
+            as_float = mean.dtype != torch.float32
+            self.__dict__["batch_mean"] = mean.float() if as_float else mean
+            self.__dict__["batch_var"] = var.float() if as_float else var
             if self.track_running_stats and self.running_mean is not None:
                 self._update_running_stats(mean, unbiased)
         return output

@@ -109,9 +109,19 @@ def update_running_stats(
         unbiased = unbiased.to(batch_var.dtype)
     else:
         unbiased = batch_var * (count / max(count - 1, 1))
-    return lerp_running_stats(
-        running_mean, running_var, batch_mean, unbiased, momentum, skip_nonfinite
-    )
+    finite = None
+    if skip_nonfinite:  # a NaN/Inf anywhere makes the float64 sum non-finite: one flag
+        total = batch_mean.sum(dtype=torch.float64) + unbiased.sum(dtype=torch.float64)
+        finite = torch.isfinite(total)
+    lerp_running_stats(running_mean, running_var, batch_mean, unbiased, momentum, finite)
+    return finite
+
+
+def finite_variance(unbiased_var: Tensor) -> Tensor:
+    """0-d bool: no NaN/Inf in the (non-negative) variance, as max(var) < inf (amax propagates
+    NaN). For batch statistics this is the whole non-finite check: the variance is computed
+    from x - mean, so a NaN/Inf mean (a NaN/Inf input) always makes it NaN/Inf too."""
+    return unbiased_var.amax() < math.inf
 
 
 def lerp_running_stats(
@@ -120,23 +130,24 @@ def lerp_running_stats(
     batch_mean: Tensor,
     unbiased_var: Tensor,
     momentum: float | Tensor,
-    skip_nonfinite: bool = False,
-) -> Tensor | None:
+    finite: Tensor | None = None,
+) -> None:
     """``update_running_stats`` given the unbiased variance: running = lerp(running, batch,
-    momentum), in the statistics' dtype (float32 for float32 and half buffers)."""
-    finite = None
-    if skip_nonfinite:  # a NaN/Inf anywhere makes the float64 sum non-finite: one flag
-        total = batch_mean.sum(dtype=torch.float64) + unbiased_var.sum(dtype=torch.float64)
-        finite = torch.isfinite(total)
+    momentum), in the statistics' dtype (float32 for float32 and half buffers); where the 0-d
+    ``finite`` is False the buffers keep their values."""
     pairs = [(r, b.detach()) for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))]
     pairs = [(r, b) for r, b in pairs if r is not None]
     if not pairs:
-        return finite
+        return
     if not isinstance(momentum, Tensor) and all(r.dtype == b.dtype for r, b in pairs):
+        if finite is not None and finite.device.type == "cpu":  # reading it costs nothing
+            if not bool(finite):
+                return
+            finite = None
         # one fused lerp for both buffers; a skipped batch lerps each buffer to itself (exact)
         targets = [b if finite is None else torch.where(finite, b, r) for r, b in pairs]
         torch._foreach_lerp_([r for r, _ in pairs], targets, momentum)
-        return finite
+        return
     for running, batch in pairs:  # buffers in another dtype (bfloat16 layers), momentum=None
         work = running.to(batch.dtype)
         weight = momentum.to(batch.dtype) if isinstance(momentum, Tensor) else momentum
@@ -144,7 +155,6 @@ def lerp_running_stats(
         if finite is not None:
             updated = torch.where(finite, updated, work)
         running.copy_(updated)
-    return finite
 
 
 def _check_per_channel(input: Tensor, function: str, *tensors: Tensor | None) -> None:
