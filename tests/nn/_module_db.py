@@ -13,6 +13,7 @@ exception type, and match torch's regex wherever torch's own message does.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,9 @@ def _torch_factory(twin: Twin, args: tuple, kwargs: dict, x: torch.Tensor) -> Ca
         return lazy
     probe = lazy()
     try:
-        probe(x.detach().clone())
+        with warnings.catch_warnings():  # torch warns about the num_features it inferred
+            warnings.simplefilter("ignore", UserWarning)
+            probe(x.detach().clone())
         return lazy
     except (RuntimeError, ValueError):
         pass
