@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from vitalstats.nn._layout import channel_view
+
 __all__ = [
     "centered_backward",
     "group_norm_native",
@@ -71,9 +73,8 @@ def group_norm_reference(
     n, c = x.shape[:2]
     grouped = x.reshape(n, num_groups, c // num_groups, math.prod(x.shape[2:]))
     y = _centered(grouped, (2, 3), eps)[0].reshape(x.shape)
-    view = (1, c) + (1,) * (x.dim() - 2)
-    y = y * weight.reshape(view) if weight is not None else y
-    return y + bias.reshape(view) if bias is not None else y
+    y = y * channel_view(weight, x.dim()) if weight is not None else y
+    return y + channel_view(bias, x.dim()) if bias is not None else y
 
 
 def centered_backward(

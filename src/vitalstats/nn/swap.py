@@ -8,8 +8,9 @@
 
 The new layer takes over the old one's Parameter and buffer *objects* (so an optimiser built
 before the swap keeps working), its train/eval mode, device and dtype. Only exact types are
-converted (a subclass such as BatchRenorm has no torch twin and is left alone); hooks
-registered on the old layer are not carried over.
+converted (a subclass such as BatchRenorm has no torch twin and is left alone; so are lazy
+layers, which become their eager class on the first forward); hooks registered on the old
+layer are not carried over.
 """
 
 from __future__ import annotations
