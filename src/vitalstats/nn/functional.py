@@ -104,6 +104,7 @@ def update_running_stats(
     ``skip_nonfinite`` a batch whose statistics hold a NaN/Inf leaves both buffers as they were;
     the returned 0-d bool tensor says whether the batch was finite (None without the check).
     """
+    batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
     if isinstance(count, Tensor):  # SyncBatchNorm: the group's count, no host sync
         unbiased = torch.where(count > 1, batch_var * count / (count - 1), torch.nan)
         unbiased = unbiased.to(batch_var.dtype)
@@ -134,9 +135,12 @@ def lerp_running_stats(
 ) -> None:
     """``update_running_stats`` given the unbiased variance: running = lerp(running, batch,
     momentum), in the statistics' dtype (float32 for float32 and half buffers); where the 0-d
-    ``finite`` is False the buffers keep their values."""
-    pairs = [(r, b.detach()) for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))]
-    pairs = [(r, b) for r, b in pairs if r is not None]
+    ``finite`` is False the buffers keep their values. The statistics must not require grad."""
+    pairs = [
+        (r, b)
+        for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))
+        if r is not None
+    ]
     if not pairs:
         return
     if not isinstance(momentum, Tensor) and all(r.dtype == b.dtype for r, b in pairs):
