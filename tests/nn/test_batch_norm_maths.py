@@ -78,13 +78,24 @@ def test_float32_paths_stay_within_float32_rounding_of_the_float64_answer(layout
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_input_gets_float32_statistics(dtype: torch.dtype) -> None:
+def test_half_precision_input_with_float32_parameters_gets_float32_statistics(
+    dtype: torch.dtype,
+) -> None:
+    """Mixed precision (a float32 layer, half input): torch's mixed kernel, float32 statistics;
+    a layer converted to half keeps torch's half-precision statistics."""
     x = _layout("nchw", dtype)
-    y, mean, var, _ = batch_norm_training(x, None, None, 1e-5)
+    w32 = torch.ones(4)
+    y, mean, var, _ = batch_norm_training(x, w32, None, 1e-5)
     assert y.dtype == dtype and mean.dtype == var.dtype == torch.float32
     _, mean_ref, var_ref = batch_norm_reference(x.detach().double(), None, None, 1e-5)
     torch.testing.assert_close(var.double(), var_ref, rtol=1e-5, atol=0)
     torch.testing.assert_close(mean.double(), mean_ref, rtol=1e-6, atol=0)
+    y_half, mean_half, _, _ = batch_norm_training(x, w32.to(dtype), None, 1e-5)
+    y_torch, mean_torch, _ = torch.native_batch_norm(
+        x.detach(), w32.to(dtype), None, None, None, True, 0.1, 1e-5
+    )
+    assert mean_half.dtype == dtype and torch.equal(y_half, y_torch)
+    assert torch.equal(mean_half, mean_torch)
 
 
 def test_the_backward_formula_is_autograds_derivative_of_the_definition() -> None:

@@ -14,17 +14,18 @@ Backward (``batch_norm_backward``, the one formula; SyncBatchNorm passes group-w
 it is the oracle the kernels are tested against (tests/nn/test_batch_norm_maths.py) and what
 double backward differentiates. What runs (``batch_norm_training``):
 
-* torch's fused training kernel, handed scratch running buffers with momentum 1 so that it
-  also returns the exact unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it
-  for its running_var) without touching the layer's buffers: the non-finite guard decides
-  afterwards whether they change. Called with autograd (torch's C++ backward node) for
-  float32/float64 input; for half/bfloat16 input inside ``BatchNormFunction`` with float32
-  parameters, so the statistics are float32 and autograd keeps no more than torch's kernel;
+* torch's fused training kernel with autograd (its C++ backward node), handed scratch running
+  buffers with momentum 1 so that it also returns the exact unbiased variance
+  (sum((x - mean)^2) / (n - 1), as torch computes it for its running_var) without touching the
+  layer's buffers: the non-finite guard decides afterwards whether they change. Dtypes are
+  the layer's, as in torch: float32 statistics for float32 layers (also with half-precision
+  input: torch's mixed-precision kernel), the input dtype's for a layer converted to half;
 * for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
-  corrected two-pass statistics of ``_centered_moments`` instead: torch's kernel runs a scalar
-  float64 loop over that layout, 5-10x slower; the backward is torch's native kernel.
+  corrected two-pass statistics of ``_centered_moments`` (``BatchNormFunction``): torch's
+  kernel runs a scalar float64 loop over that layout, 5-10x slower; the backward is torch's
+  native kernel.
 
-Statistics are float32 for half/bfloat16 input (float64 stays float64), never E[x^2] - E[x]^2.
+Statistics are never formed as E[x^2] - E[x]^2.
 """
 
 from __future__ import annotations
@@ -159,13 +160,13 @@ def _two_pass_training(
 
 
 def _native_training(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, stats_dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, var, unbiased var, invstd) from torch's training kernel; scratch running
-    buffers (zeros, momentum 1) receive mean and unbiased var, the layer's are untouched.
-    Differentiable in x, weight, bias when called with autograd."""
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else compute_dtype(x.dtype)
-    scratch_mean, unbiased = torch.zeros(2, x.shape[1], dtype=dtype, device=x.device).unbind(0)
+    buffers (zeros in ``stats_dtype``, momentum 1) receive mean and unbiased var, the layer's
+    are untouched. Differentiable in x, weight, bias (torch's C++ backward node)."""
+    scratch = torch.zeros(2, x.shape[1], dtype=stats_dtype, device=x.device)
+    scratch_mean, unbiased = scratch.unbind(0)
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, scratch_mean, unbiased, True, 1.0, eps
     )
@@ -193,18 +194,35 @@ def normalize(
 
 
 def batch_norm_training(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    buffer_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Training BatchNorm: (y, mean, biased var, unbiased var); the statistics (C,) in the
-    compute dtype and detached, y in x's dtype and memory format, differentiable."""
-    dtype = x.dtype
-    if dtype not in (torch.float32, torch.float64) or _channels_first_cpu(x):
-        return BatchNormFunction.apply(x, weight, bias, eps)
-    if weight is not None and weight.dtype != dtype:  # mixed precision: convert, differentiably
-        weight = weight.to(dtype)
-    if bias is not None and bias.dtype != dtype:
-        bias = bias.to(dtype)
-    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps)
+    """Training BatchNorm: (y, mean, biased var, unbiased var), the statistics (C,) detached,
+    y in x's dtype and memory format, differentiable.
+
+    Half/bfloat16 input runs torch's kernel with the layer's own dtypes, as torch does: float32
+    parameters/buffers (``buffer_dtype``) select its mixed-precision kernel with float32
+    statistics; a layer converted to half precision gets statistics in that dtype."""
+    if _channels_first_cpu(x):
+        y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps)
+        return y, mean, var, unbiased
+    if x.dtype in (torch.float32, torch.float64):
+        stats_dtype = x.dtype  # parameters in another dtype: convert, differentiably
+        if weight is not None and weight.dtype != stats_dtype:
+            weight = weight.to(stats_dtype)
+        if bias is not None and bias.dtype != stats_dtype:
+            bias = bias.to(stats_dtype)
+    else:  # half precision input: the layer's dtype if it is x's, else float32 (mixed kernel)
+        param = weight if weight is not None else bias
+        stats_dtype = param.dtype if param is not None else (buffer_dtype or x.dtype)
+        if stats_dtype != x.dtype:
+            stats_dtype = compute_dtype(x.dtype)
+            weight = weight.to(stats_dtype) if weight is not None else None
+            bias = bias.to(stats_dtype) if bias is not None else None
+    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps, stats_dtype)
     return y, mean, var, unbiased
 
 
@@ -223,20 +241,18 @@ def batch_norm_gradient_sums(
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training BatchNorm where torch's autograd node is not used: channels-first CPU input
-    (two-pass statistics) and half/bfloat16 input (float32 parameters and statistics). Returns
-    (y, mean, var, unbiased var); the statistics are non-differentiable outputs (their
-    dependence on x is inside the backward formula). Saves x, the weight, mean and invstd."""
+    """Training BatchNorm for float32/float64 channels-first CPU input: two-pass statistics
+    forward, torch's native backward. Returns (y, mean, var, unbiased var); the statistics are
+    non-differentiable outputs (their dependence on x is inside the backward formula). Saves x,
+    the weight, mean and invstd: no more than torch's kernel keeps."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dtype = compute_dtype(x.dtype)
-        weight_c = weight.to(dtype) if weight is not None else None
-        bias_c = bias.to(dtype) if bias is not None else None
-        training = _two_pass_training if _channels_first_cpu(x) else _native_training
-        y, mean, var, unbiased, invstd = training(x, weight_c, bias_c, eps)
+        weight_c = weight.to(x.dtype) if weight is not None else None
+        bias_c = bias.to(x.dtype) if bias is not None else None
+        y, mean, var, unbiased, invstd = _two_pass_training(x, weight_c, bias_c, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else None

@@ -229,7 +229,10 @@ class _BatchNorm(_NormBase):
             )  # fmt: skip
         if input.numel() <= self.num_features:  # one value per channel
             check_values_per_channel(input, self.layer_label())
-        output, mean, var, unbiased = batch_norm_training(input, self.weight, self.bias, self.eps)
+        buffer_dtype = self.running_mean.dtype if self.running_mean is not None else None
+        output, mean, var, unbiased = batch_norm_training(
+            input, self.weight, self.bias, self.eps, buffer_dtype
+        )
         if self.training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
             as_float = mean.dtype != torch.float32

@@ -110,7 +110,9 @@ class _BatchRenorm(_BatchNorm):
         bias = d if self.weight is None else self.weight * d.to(self.weight.dtype)
         if self.bias is not None:
             bias = bias + self.bias
-        output, mean, var, unbiased = batch_norm_training(input, weight, bias, self.eps)
+        output, mean, var, unbiased = batch_norm_training(
+            input, weight, bias, self.eps, self.running_mean.dtype
+        )
         self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
         self._update_running_stats(mean, unbiased)
         return output

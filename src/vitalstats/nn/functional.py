@@ -78,8 +78,9 @@ def batch_norm_statistics(
 
     mean_c = sum x / n and var_c = sum (x - mean_c)^2 / n over the n = N * prod(spatial)
     values of channel c; y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c, in the
-    input's memory format. The statistics are float32 for half/bfloat16 input, detached, and
-    never synced to the host.
+    input's memory format. The statistics are detached and never synced to the host; float32
+    for float32 parameters (also with half/bfloat16 input), else in the parameters' dtype, as
+    torch's kernel computes them.
     """
     y, mean, var, _ = batch_norm_training(input, weight, bias, eps)
     return y, mean, var
@@ -190,7 +191,8 @@ def batch_norm(
     check_eps(eps, "batch_norm", training)
     if training:
         check_values_per_channel(input, "batch_norm")
-        y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps)
+        buffer_dtype = running_mean.dtype if running_mean is not None else None
+        y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
         lerp_running_stats(running_mean, running_var, mean, unbiased, momentum)
         return y
     if running_mean is None or running_var is None:
