@@ -3,6 +3,7 @@ reference definitions and the closed-form backward ``centered_backward``, in flo
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.nn._compare import assert_close
@@ -59,3 +60,29 @@ def test_group_norm_keeps_channels_last_like_torch() -> None:
     assert group_norm_native(x, 2, None, None, 1e-5).is_contiguous(
         memory_format=torch.channels_last
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_layer_norm_is_torchs_bit_for_bit_with_no_more_saved(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 32, generator=g) * 3 + 5).to(dtype).requires_grad_(True)
+    w = (torch.rand(32, generator=g) + 0.5).to(dtype).requires_grad_(True)
+    b = torch.randn(32, generator=g).to(dtype).requires_grad_(True)
+    grad = torch.randn(x.shape, generator=g).to(dtype)
+
+    def run(fn):
+        saved: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.untyped_storage().nbytes()) or t, lambda t: t
+        ):
+            y = fn(x, (32,), w, b, 1e-5)
+        grads = torch.autograd.grad(y, (x, w, b), grad, create_graph=True)
+        second = torch.autograd.grad(grads[0].float().square().sum(), x)[0]
+        return y, grads, second, sum(saved)
+
+    ours, theirs = run(layer_norm_native), run(torch.nn.functional.layer_norm)
+    assert torch.equal(ours[0], theirs[0])
+    for a, c in zip(ours[1], theirs[1], strict=True):
+        assert torch.equal(a, c)
+    assert_close(ours[2], theirs[2], dtype, "double backward")
+    assert ours[3] <= theirs[3]
