@@ -19,6 +19,7 @@ as torch 2.13, so ``load_state_dict`` works in both directions. Two additions:
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -183,9 +184,18 @@ class _NormBase(torch.nn.Module):
         return (self.num_batches_tracked + 1).double().reciprocal()
 
     def _update_running_stats(self, batch_mean: Tensor, unbiased_var: Tensor) -> None:
-        """Fold this batch into the running buffers (training with track_running_stats)."""
-        finite = finite_variance(unbiased_var) if self.skip_nonfinite else None
+        """Fold this batch into the running buffers (training with track_running_stats),
+        unless ``skip_nonfinite`` and the batch statistics hold a NaN/Inf."""
         factor = self._exponential_average_factor()
+        if not self.skip_nonfinite:
+            finite = None
+        elif unbiased_var.device.type == "cpu":  # reading a CPU value costs no sync
+            if not math.isfinite(unbiased_var.amax().item()):  # amax propagates NaN
+                self._nonfinite_warning.record_unless(torch.tensor(False), self._nonfinite_message)
+                return
+            finite = None
+        else:
+            finite = finite_variance(unbiased_var)
         lerp_running_stats(
             self.running_mean, self.running_var, batch_mean, unbiased_var, factor, finite
         )
@@ -195,8 +205,7 @@ class _NormBase(torch.nn.Module):
             self.num_batches_tracked.add_(1)
             return
         self.num_batches_tracked.add_(finite)
-        if not self._nonfinite_warning.warned:
-            self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
+        self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
 
     def _nonfinite_message(self) -> str:
         return (

@@ -137,6 +137,15 @@ def lerp_running_stats(
     """``update_running_stats`` given the unbiased variance: running = lerp(running, batch,
     momentum), in the statistics' dtype (float32 for float32 and half buffers); where the 0-d
     ``finite`` is False the buffers keep their values. The statistics must not require grad."""
+    if (  # the common case, one fused op
+        finite is None
+        and running_mean is not None
+        and running_var is not None
+        and not isinstance(momentum, Tensor)
+        and running_mean.dtype == batch_mean.dtype == running_var.dtype == unbiased_var.dtype
+    ):
+        torch._foreach_lerp_([running_mean, running_var], [batch_mean, unbiased_var], momentum)
+        return
     pairs = [
         (r, b)
         for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))
