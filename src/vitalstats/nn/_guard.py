@@ -45,6 +45,11 @@ class DeferredFlagWarning:
         self._event = torch.cuda.Event()
         self._event.record()
 
+    def warn_once(self, message: Callable[[], str]) -> None:
+        """Warn now, unless this flag has warned before (a flag already read on the host)."""
+        if not self.warned:
+            self._warn(message)
+
     def record_unless(self, ok: Tensor, message: Callable[[], str]) -> None:
         """``record(~ok)``, without the extra op on the CPU."""
         if self.warned:

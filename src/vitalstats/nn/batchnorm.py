@@ -191,7 +191,7 @@ class _NormBase(torch.nn.Module):
             finite = None
         elif unbiased_var.device.type == "cpu":  # reading a CPU value costs no sync
             if not math.isfinite(unbiased_var.amax().item()):  # amax propagates NaN
-                self._nonfinite_warning.record_unless(torch.tensor(False), self._nonfinite_message)
+                self._nonfinite_warning.warn_once(self._nonfinite_message)
                 return
             finite = None
         else:
