@@ -29,9 +29,17 @@ def test_training_then_eval_match_torch(dims: int, kwargs: dict) -> None:
     assert_close(ours(x[0]), theirs(x[0]), torch.float32, "unbatched input")
 
 
-def test_wrong_channel_count_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match=r"expected 3 channels, got 4"):
-        vs.nn.InstanceNorm1d(3)(torch.randn(2, 4, 5))
+def test_wrong_channel_count_is_an_error_with_parameters_and_a_warning_without() -> None:
+    """torch's rule: num_features is only used by the affine parameters and running buffers."""
+    x = torch.randn(2, 4, 5)
+    for layer in (vs.nn.InstanceNorm1d(3, affine=True), torch.nn.InstanceNorm1d(3, affine=True)):
+        with pytest.raises(
+            ValueError, match=r"size at dim=1 to match num_features \(3\), but got: 4"
+        ):
+            layer(x)
+    with pytest.warns(UserWarning, match=r"num_features \(3\), but got: 4.*unused"):
+        y = vs.nn.InstanceNorm1d(3)(x)
+    torch.testing.assert_close(y, torch.nn.functional.instance_norm(x))
 
 
 def test_old_checkpoint_with_running_stats_is_reported_like_torch() -> None:

@@ -123,7 +123,7 @@ def test_repr_parameters_and_state_dict_match_torch(ours, theirs) -> None:
 
 def test_group_norm_constructor_rejects_groups_not_dividing_channels() -> None:
     with pytest.raises(
-        ValueError, match=r"num_groups=4 must be positive and divide num_channels=6"
+        ValueError, match=r"num_channels \(6\) must be divisible by num_groups \(4\)"
     ):
         vs.nn.GroupNorm(4, 6)
 

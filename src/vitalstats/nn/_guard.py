@@ -45,6 +45,21 @@ class DeferredFlagWarning:
         self._event = torch.cuda.Event()
         self._event.record()
 
+    def warn_once(self, message: Callable[[], str]) -> None:
+        """Warn now, unless this flag has warned before (a flag already read on the host)."""
+        if not self.warned:
+            self._warn(message)
+
+    def record_unless(self, ok: Tensor, message: Callable[[], str]) -> None:
+        """``record(~ok)``, without the extra op on the CPU."""
+        if self.warned:
+            return
+        if ok.device.type == "cpu":
+            if not bool(ok):
+                self._warn(message)
+            return
+        self.record(~ok, message)
+
     def poll(self, message: Callable[[], str]) -> None:
         """Warn if an earlier flag copy has landed and was true; never blocks."""
         if self._event is not None and self._event.query() and bool(self._host):

@@ -19,6 +19,7 @@ as torch 2.13, so ``load_state_dict`` works in both directions. Two additions:
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -26,14 +27,15 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
+from vitalstats.nn._batch_norm import batch_norm_training
 from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
-    batch_norm_statistics,
-    check_positive_eps,
+    check_eps,
     check_values_per_channel,
+    finite_variance,
+    lerp_running_stats,
     normalize_with_running_stats,
-    update_running_stats,
 )
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -151,6 +153,12 @@ class _NormBase(torch.nn.Module):
         return self.layer_name or f"{type(self).__name__}({self.num_features})"
 
     def _check_input_dim(self, input: Tensor) -> None:
+        if (
+            input.is_floating_point()
+            and input.dim() in self._expected_dims
+            and input.shape[1] == self.num_features
+        ):
+            return
         label = self.layer_label()
         check_float_input(input, label, min_dims=1)
         if input.dim() not in self._expected_dims:
@@ -175,25 +183,29 @@ class _NormBase(torch.nn.Module):
             return 0.0  # torch: no count, no update
         return (self.num_batches_tracked + 1).double().reciprocal()
 
-    def _update_running_stats(self, batch_mean: Tensor, batch_var: Tensor, count: int) -> None:
-        """Fold this batch into the running buffers (training with track_running_stats)."""
+    def _update_running_stats(self, batch_mean: Tensor, unbiased_var: Tensor) -> None:
+        """Fold this batch into the running buffers (training with track_running_stats),
+        unless ``skip_nonfinite`` and the batch statistics hold a NaN/Inf."""
         factor = self._exponential_average_factor()
-        finite = update_running_stats(
-            self.running_mean,
-            self.running_var,
-            batch_mean,
-            batch_var,
-            count,
-            factor,
-            skip_nonfinite=self.skip_nonfinite,
+        if not self.skip_nonfinite:
+            finite = None
+        elif unbiased_var.device.type == "cpu":  # reading a CPU value costs no sync
+            if not math.isfinite(unbiased_var.amax().item()):  # amax propagates NaN
+                self._nonfinite_warning.warn_once(self._nonfinite_message)
+                return
+            finite = None
+        else:
+            finite = finite_variance(unbiased_var)
+        lerp_running_stats(
+            self.running_mean, self.running_var, batch_mean, unbiased_var, factor, finite
         )
         if self.num_batches_tracked is None:
             return
         if finite is None:
             self.num_batches_tracked.add_(1)
             return
-        self.num_batches_tracked.add_(finite.long())
-        self._nonfinite_warning.record(~finite, self._nonfinite_message)
+        self.num_batches_tracked.add_(finite)
+        self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
 
     def _nonfinite_message(self) -> str:
         return (
@@ -211,6 +223,8 @@ class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if not (self.eps > 0 or (self.eps == 0 and not use_batch_stats)):
+            check_eps(self.eps, self.layer_label(), use_batch_stats)
         if not use_batch_stats:
             return normalize_with_running_stats(
                 input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
@@ -222,14 +236,19 @@ class _BatchNorm(_NormBase):
                 input, input.new_zeros(self.num_features), input.new_ones(self.num_features),
                 self.weight, self.bias, self.eps,
             )  # fmt: skip
-        check_values_per_channel(input, self.layer_label())
-        check_positive_eps(self.eps, self.layer_label())
-        output, mean, var = batch_norm_statistics(input, self.weight, self.bias, self.eps)
+        if input.numel() <= self.num_features:  # one value per channel
+            check_values_per_channel(input, self.layer_label())
+        buffer_dtype = self.running_mean.dtype if self.running_mean is not None else None
+        output, mean, var, unbiased = batch_norm_training(
+            input, self.weight, self.bias, self.eps, buffer_dtype
+        )
         if self.training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
-            self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
+            as_float = mean.dtype != torch.float32
+            self.__dict__["batch_mean"] = mean.float() if as_float else mean
+            self.__dict__["batch_var"] = var.float() if as_float else var
             if self.track_running_stats and self.running_mean is not None:
-                self._update_running_stats(mean, var, input.numel() // self.num_features)
+                self._update_running_stats(mean, unbiased)
         return output
 
 

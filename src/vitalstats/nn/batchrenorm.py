@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vitalstats.nn._autograd import centered_stats, compute_dtype
+from vitalstats.nn._batch_norm import batch_norm_training, batch_statistics
 from vitalstats.nn.batchnorm import _BatchNorm
 from vitalstats.nn.functional import (
-    batch_norm_statistics,
-    check_positive_eps,
+    check_eps,
     check_values_per_channel,
     normalize_with_running_stats,
 )
@@ -97,27 +96,25 @@ class _BatchRenorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
+        check_eps(self.eps, self.layer_label(), self.training)
         if not self.training:
             return normalize_with_running_stats(
                 input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
             )
         check_values_per_channel(input, self.layer_label())
-        check_positive_eps(self.eps, self.layer_label())
         with torch.no_grad():  # the batch statistics, for r and d
-            dims = (0, *range(2, input.dim()))
-            stats_input = input.to(compute_dtype(input.dtype))
-            stats = centered_stats(stats_input, dims, self.eps)
-            batch_mean, batch_var = stats.mean.reshape(-1), stats.var.reshape(-1)
-            batch_mean, batch_var = batch_mean.reshape(-1), batch_var.reshape(-1)
+            batch_mean, batch_var = batch_statistics(input.detach())
         r, d = self.corrections(batch_mean, batch_var)
         # ((x - mu_B) / sigma_B * r + d) * w + b  ==  BatchNorm with weight w * r, bias w * d + b
         weight = r if self.weight is None else self.weight * r.to(self.weight.dtype)
         bias = d if self.weight is None else self.weight * d.to(self.weight.dtype)
         if self.bias is not None:
             bias = bias + self.bias
-        output, mean, var = batch_norm_statistics(input, weight, bias, self.eps)
-        self.batch_mean, self.batch_var = mean.float(), var.float()
-        self._update_running_stats(mean, var, input.numel() // self.num_features)
+        output, mean, var, unbiased = batch_norm_training(
+            input, weight, bias, self.eps, self.running_mean.dtype
+        )
+        self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
+        self._update_running_stats(mean, unbiased)
         return output
 
     def extra_repr(self) -> str:

@@ -1,12 +1,14 @@
-"""Reference normalisation functions with torch.nn.functional's argument order.
+"""Normalisation functions with torch.nn.functional's argument order.
 
-Each is a ``torch.autograd.Function`` with a closed-form backward (see ``_autograd.py``):
-
-    batch_norm   statistics per channel C over (N, *spatial)     input (N, C, *)
+    batch_norm    statistics per channel C over (N, *spatial)     input (N, C, *)
     instance_norm statistics per (n, c) over *spatial              input (N, C, *)
-    group_norm   statistics per (n, group) over (C / G, *spatial)  input (N, C, *)
-    layer_norm   statistics per sample over the trailing ``normalized_shape`` dims
-    rms_norm     root mean square over the trailing ``normalized_shape`` dims (no centring)
+    group_norm    statistics per (n, group) over (C / G, *spatial)  input (N, C, *)
+    layer_norm    statistics per sample over the trailing ``normalized_shape`` dims
+    rms_norm      root mean square over the trailing ``normalized_shape`` dims (no centring)
+
+The maths, each backward beside its forward, lives in ``_batch_norm.py`` (BatchNorm and
+InstanceNorm, which is BatchNorm of the (1, N * C, *) view), ``_rms_norm.py``, and for LayerNorm
+and GroupNorm in ``_per_sample.py``; errors name the function, the tensor and the fix.
 
     >>> import torch, vitalstats as vs
     >>> x = torch.randn(8, 3, 4, 4)
@@ -22,8 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from vitalstats.nn._autograd import CenteredNormFunction, RMSNormFunction, compute_dtype
+from vitalstats.nn._batch_norm import batch_norm_training
 from vitalstats.nn._errors import check_float_input, check_param_shape, describe_shape
+from vitalstats.nn._layout import compute_dtype
+from vitalstats.nn._per_sample import group_norm_native, layer_norm_native
+from vitalstats.nn._rms_norm import RMSNormFunction
 
 __all__ = [
     "batch_norm",
@@ -34,11 +39,6 @@ __all__ = [
     "rms_norm",
     "update_running_stats",
 ]
-
-
-def _channel_view(t: Tensor | None, ndim: int) -> Tensor | None:
-    """(C,) -> (1, C, 1, ..., 1) so it broadcasts against an (N, C, *) input."""
-    return None if t is None else t.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def check_values_per_channel(input: Tensor, layer: str) -> None:
@@ -53,13 +53,18 @@ def check_values_per_channel(input: Tensor, layer: str) -> None:
         )
 
 
-def check_positive_eps(eps: float, layer: str) -> None:
-    """Training needs eps > 0 (torch's rule): it keeps 1 / sqrt(var + eps) finite when a
-    channel is constant."""
-    if not eps > 0:
+def check_eps(eps: float, layer: str, training: bool) -> None:
+    """torch's rule: eps > 0 with batch statistics (1 / sqrt(var + eps) stays finite for a
+    constant channel), eps >= 0 with running statistics."""
+    if training and not eps > 0:
         raise ValueError(
-            f"{layer}: eps must be positive when training with batch statistics, got eps={eps}. "
+            f"{layer}: eps must be positive during training (batch statistics), got eps={eps}. "
             "Fix: use a small positive eps such as 1e-5 (the default)."
+        )
+    if not training and not eps >= 0:
+        raise ValueError(
+            f"{layer}: eps must be non-negative, got eps={eps} (sqrt(running_var + eps) would "
+            "be NaN for small variances). Fix: use a small positive eps such as 1e-5."
         )
 
 
@@ -72,35 +77,13 @@ def batch_norm_statistics(
     """Training-mode BatchNorm: (y, batch mean (C,), biased batch var (C,)).
 
     mean_c = sum x / n and var_c = sum (x - mean_c)^2 / n over the n = N * prod(spatial)
-    values of channel c; y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c.
-    The statistics are float32 for half/bfloat16 input, detached, and never synced to the host.
+    values of channel c; y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c, in the
+    input's memory format. The statistics are detached and never synced to the host; float32
+    for float32 parameters (also with half/bfloat16 input), else in the parameters' dtype, as
+    torch's kernel computes them.
     """
-    num_channels = input.shape[1]
-    if input.dim() == 2:  # (N, C): stats per column
-        y, mean, var = CenteredNormFunction.apply(
-            input, _channel_view(weight, 2), _channel_view(bias, 2), (0,), (0,), eps
-        )
-        return y, mean.reshape(-1), var.reshape(-1)
-    channels_last = input.movedim(1, -1)  # (N, *spatial, C)
-    if channels_last.is_contiguous() and not input.is_contiguous():
-        rows = channels_last.reshape(-1, num_channels)  # (N * spatial, C), a view: stats per column
-        y, mean, var = CenteredNormFunction.apply(
-            rows, _channel_view(weight, 2), _channel_view(bias, 2), (0,), (0,), eps
-        )
-        y = y.reshape(channels_last.shape).movedim(-1, 1)
-    elif input.is_contiguous():  # (N, C, S), a view: stats over N and the rows of S
-        flat = input.reshape(input.shape[0], num_channels, -1)
-        y, mean, var = CenteredNormFunction.apply(
-            flat, _channel_view(weight, 3), _channel_view(bias, 3), (0, 2), (0, 2), eps
-        )
-        y = y.reshape(input.shape)
-    else:  # other strides: reduce over the original dims
-        dims = (0, *range(2, input.dim()))
-        ndim = input.dim()
-        y, mean, var = CenteredNormFunction.apply(
-            input, _channel_view(weight, ndim), _channel_view(bias, ndim), dims, dims, eps
-        )
-    return y, mean.reshape(-1), var.reshape(-1)
+    y, mean, var, _ = batch_norm_training(input, weight, bias, eps)
+    return y, mean, var
 
 
 def update_running_stats(
@@ -108,40 +91,84 @@ def update_running_stats(
     running_var: Tensor | None,
     batch_mean: Tensor,
     batch_var: Tensor,
-    count: int,
+    count: int | Tensor,
     momentum: float | Tensor,
     skip_nonfinite: bool = False,
 ) -> Tensor | None:
-    """PyTorch's running-statistics update, in place, computed in float64:
+    """PyTorch's running-statistics update, in place:
 
         running_mean = (1 - momentum) * running_mean + momentum * batch_mean
         running_var  = (1 - momentum) * running_var  + momentum * batch_var * n / (n - 1)
 
-    ``batch_var`` is the biased variance; the update uses the unbiased one (Bessel). With
+    ``batch_var`` is the biased variance of ``count`` values per channel; the update uses the
+    unbiased one (Bessel; a tensor ``count`` <= 1 gives NaN, which the guard skips). With
     ``skip_nonfinite`` a batch whose statistics hold a NaN/Inf leaves both buffers as they were;
     the returned 0-d bool tensor says whether the batch was finite (None without the check).
     """
-    bessel = count / max(count - 1, 1)
+    batch_mean, batch_var = batch_mean.detach(), batch_var.detach()
+    if isinstance(count, Tensor):  # SyncBatchNorm: the group's count, no host sync
+        unbiased = torch.where(count > 1, batch_var * count / (count - 1), torch.nan)
+        unbiased = unbiased.to(batch_var.dtype)
+    else:
+        unbiased = batch_var * (count / max(count - 1, 1))
     finite = None
     if skip_nonfinite:  # a NaN/Inf anywhere makes the float64 sum non-finite: one flag
-        total = batch_mean.detach().sum(dtype=torch.float64)
-        finite = torch.isfinite(total + batch_var.detach().sum(dtype=torch.float64))
-    for running, batch, factor in (
-        (running_mean, batch_mean, 1.0),
-        (running_var, batch_var, bessel),
-    ):
-        if running is None:
-            continue
-        old = running.double()
-        batch64 = batch.detach().double()
-        if isinstance(momentum, Tensor):
-            updated = old * (1 - momentum) + batch64 * (momentum * factor)
-        else:
-            updated = torch.add(old * (1 - momentum), batch64, alpha=momentum * factor)
-        if finite is not None:
-            updated = torch.where(finite, updated, old)
-        running.copy_(updated)
+        total = batch_mean.sum(dtype=torch.float64) + unbiased.sum(dtype=torch.float64)
+        finite = torch.isfinite(total)
+    lerp_running_stats(running_mean, running_var, batch_mean, unbiased, momentum, finite)
     return finite
+
+
+def finite_variance(unbiased_var: Tensor) -> Tensor:
+    """0-d bool: no NaN/Inf in the (non-negative) variance, as max(var) < inf (amax propagates
+    NaN). For batch statistics this is the whole non-finite check: the variance is computed
+    from x - mean, so a NaN/Inf mean (a NaN/Inf input) always makes it NaN/Inf too."""
+    return unbiased_var.amax() < math.inf
+
+
+def lerp_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    batch_mean: Tensor,
+    unbiased_var: Tensor,
+    momentum: float | Tensor,
+    finite: Tensor | None = None,
+) -> None:
+    """``update_running_stats`` given the unbiased variance: running = lerp(running, batch,
+    momentum), in the statistics' dtype (float32 for float32 and half buffers); where the 0-d
+    ``finite`` is False the buffers keep their values. The statistics must not require grad."""
+    if (  # the common case, one fused op
+        finite is None
+        and running_mean is not None
+        and running_var is not None
+        and not isinstance(momentum, Tensor)
+        and running_mean.dtype == batch_mean.dtype == running_var.dtype == unbiased_var.dtype
+    ):
+        torch._foreach_lerp_([running_mean, running_var], [batch_mean, unbiased_var], momentum)
+        return
+    pairs = [
+        (r, b)
+        for r, b in ((running_mean, batch_mean), (running_var, unbiased_var))
+        if r is not None
+    ]
+    if not pairs:
+        return
+    if not isinstance(momentum, Tensor) and all(r.dtype == b.dtype for r, b in pairs):
+        if finite is not None and finite.device.type == "cpu":  # reading it costs nothing
+            if not bool(finite):
+                return
+            finite = None
+        # one fused lerp for both buffers; a skipped batch lerps each buffer to itself (exact)
+        targets = [b if finite is None else torch.where(finite, b, r) for r, b in pairs]
+        torch._foreach_lerp_([r for r, _ in pairs], targets, momentum)
+        return
+    for running, batch in pairs:  # buffers in another dtype (bfloat16 layers), momentum=None
+        work = running.to(batch.dtype)
+        weight = momentum.to(batch.dtype) if isinstance(momentum, Tensor) else momentum
+        updated = torch.lerp(work, batch, weight)
+        if finite is not None:
+            updated = torch.where(finite, updated, work)
+        running.copy_(updated)
 
 
 def _check_per_channel(input: Tensor, function: str, *tensors: Tensor | None) -> None:
@@ -170,12 +197,12 @@ def batch_norm(
     """
     check_float_input(input, "batch_norm", min_dims=2)
     _check_per_channel(input, "batch_norm", running_mean, running_var, weight, bias)
+    check_eps(eps, "batch_norm", training)
     if training:
         check_values_per_channel(input, "batch_norm")
-        check_positive_eps(eps, "batch_norm")
-        y, mean, var = batch_norm_statistics(input, weight, bias, eps)
-        count = input.numel() // input.shape[1]
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
+        buffer_dtype = running_mean.dtype if running_mean is not None else None
+        y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
+        lerp_running_stats(running_mean, running_var, mean, unbiased, momentum)
         return y
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -194,19 +221,16 @@ def normalize_with_running_stats(
     eps: float,
 ) -> Tensor:
     """Inference BatchNorm, an affine map per channel: y = x * scale + shift with
-    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
-    Linear in x, so autograd of these two ops is already the closed form."""
-    dtype = compute_dtype(input.dtype)
-    scale = torch.rsqrt(running_var.to(dtype) + eps)
-    if weight is not None:
-        scale = scale * weight.to(dtype)
-    shift = -running_mean.to(dtype) * scale
-    if bias is not None:
-        shift = shift + bias.to(dtype)
-    ndim = input.dim()
-    return torch.addcmul(
-        _channel_view(shift, ndim), input.to(dtype), _channel_view(scale, ndim)
-    ).to(input.dtype)
+    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale; torch's
+    native inference kernel (its backward is the closed form of this linear map)."""
+    if input.dtype in (torch.float32, torch.float64):  # parameters in another dtype: convert
+        running_mean, running_var = running_mean.to(input.dtype), running_var.to(input.dtype)
+        weight = weight.to(input.dtype) if weight is not None else None
+        bias = bias.to(input.dtype) if bias is not None else None
+    return torch.batch_norm(
+        input, weight, bias, running_mean, running_var, False, 0.0, eps,
+        torch.backends.cudnn.enabled,
+    )  # fmt: skip
 
 
 def instance_norm(
@@ -220,36 +244,45 @@ def instance_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """InstanceNorm over (N, C, *) input: statistics per (sample, channel) over the spatial
-    dims. With running buffers and ``use_input_stats``, they are updated (as torch does) with
-    the batch-average of the per-instance means and unbiased variances."""
+    dims, i.e. BatchNorm of the contiguous (1, N * C, *) view with the per-channel parameters
+    repeated N times, as torch computes it (so the output is contiguous, like torch's). With
+    running buffers and ``use_input_stats`` they get the batch-average of the per-instance
+    means and unbiased variances. Half/bfloat16 input runs ``torch.instance_norm`` itself."""
     check_float_input(input, "instance_norm", min_dims=3)
     _check_per_channel(input, "instance_norm", running_mean, running_var, weight, bias)
+    check_eps(eps, "instance_norm", use_input_stats)
+    if use_input_stats and input[0, 0].numel() <= 1:
+        raise ValueError(
+            f"instance_norm: expected more than 1 spatial element per channel when training, got "
+            f"input of shape {describe_shape(input)}. Fix: InstanceNorm needs a spatial "
+            "extent; use BatchNorm or LayerNorm for (N, C, 1) inputs."
+        )
+    if compute_dtype(input.dtype) != input.dtype:  # half precision: torch's kernel outright,
+        return torch.instance_norm(  # whose saved statistics are in the input dtype
+            input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+            torch.backends.cudnn.enabled,
+        )  # fmt: skip
+    n, c = input.shape[:2]
+    flat = input.contiguous().view(1, n * c, *input.shape[2:])  # (1, N * C, *)
+    weight = weight.repeat(n) if weight is not None else None
+    bias = bias.repeat(n) if bias is not None else None
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError(
                 "instance_norm: use_input_stats=False needs running_mean and running_var "
                 "(got None). Fix: construct the layer with track_running_stats=True."
             )
-        return normalize_with_running_stats(input, running_mean, running_var, weight, bias, eps)
-    spatial = input[0, 0].numel()
-    if spatial <= 1:
-        raise ValueError(
-            f"instance_norm: expected more than 1 spatial element per channel, got input of "
-            f"shape {describe_shape(input)}. Fix: InstanceNorm needs a spatial extent; use "
-            "BatchNorm or LayerNorm for (N, C, 1) inputs."
+        y = normalize_with_running_stats(
+            flat, running_mean.repeat(n), running_var.repeat(n), weight, bias, eps
         )
-    n, c = input.shape[:2]
-    flat = input.reshape(n, c, spatial)  # (N, C, S): statistics per row
-    y, mean, var = CenteredNormFunction.apply(
-        flat, _channel_view(weight, 3), _channel_view(bias, 3), (2,), (0, 2), eps
-    )
-    y = y.reshape(input.shape)
+        return y.view(input.shape)
+    y, mean, _, unbiased = batch_norm_training(flat, weight, bias, eps)
     if running_mean is not None or running_var is not None:  # torch: batch-average of instances
-        instance_mean, instance_var = mean.reshape(n, c).mean(0), var.reshape(n, c).mean(0)
-        update_running_stats(
-            running_mean, running_var, instance_mean, instance_var, spatial, momentum
-        )
-    return y
+        lerp_running_stats(
+            running_mean, running_var, mean.view(n, c).mean(0), unbiased.view(n, c).mean(0),
+            momentum,
+        )  # fmt: skip
+    return y.view(input.shape)
 
 
 def _normalized_dims(input: Tensor, normalized_shape: Sequence[int], fn: str) -> tuple[int, ...]:
@@ -277,14 +310,7 @@ def layer_norm(
     shape = tuple(input.shape[dims[0] :])
     check_param_shape(weight, shape, "weight", "layer_norm", input)
     check_param_shape(bias, shape, "bias", "layer_norm", input)
-    if input.is_contiguous():  # (rows, *normalized_shape), a view: rows chunk cleanly
-        rows = input.reshape(-1, *shape) if dims[0] > 0 else input.unsqueeze(0)
-        flat_dims = tuple(range(1, rows.dim()))
-        y, _, _ = CenteredNormFunction.apply(rows, weight, bias, flat_dims, (0,), eps)
-        return y.reshape(input.shape)
-    batch_dims = tuple(range(dims[0]))
-    y, _, _ = CenteredNormFunction.apply(input, weight, bias, dims, batch_dims, eps)
-    return y
+    return layer_norm_native(input, shape, weight, bias, eps)
 
 
 def group_norm(
@@ -298,25 +324,16 @@ def group_norm(
     C / G; mean and biased variance per (sample, group) over (C / G, *spatial); per-channel
     weight and bias."""
     check_float_input(input, "group_norm", min_dims=2)
-    n, c = input.shape[:2]
+    c = input.shape[1]
     if num_groups <= 0 or c % num_groups != 0:
         raise ValueError(
-            f"group_norm: num_groups={num_groups} must divide the number of channels, got "
-            f"input of shape {describe_shape(input)} with C={c}. Fix: choose num_groups among "
-            f"the divisors of {c}."
+            f"group_norm: num_channels ({c}) must be divisible by num_groups ({num_groups}), "
+            f"got input of shape {describe_shape(input)}. Fix: choose num_groups among the "
+            f"divisors of {c}."
         )
     check_param_shape(weight, (c,), "weight", "group_norm", input)
     check_param_shape(bias, (c,), "bias", "group_norm", input)
-    spatial = math.prod(input.shape[2:])
-    grouped = input.reshape(n, num_groups, c // num_groups, spatial)  # (N, G, C/G, S)
-
-    def param_view(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.reshape(num_groups, c // num_groups, 1)
-
-    y, _, _ = CenteredNormFunction.apply(
-        grouped, param_view(weight), param_view(bias), (2, 3), (0, 3), eps
-    )
-    return y.reshape(input.shape)
+    return group_norm_native(input, num_groups, weight, bias, eps)
 
 
 def rms_norm(
@@ -328,10 +345,16 @@ def rms_norm(
     """RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight over the trailing ``normalized_shape``
     dims. ``eps=None`` means the machine epsilon of the dtype the statistics run in, as torch's
     kernel does: float32's (1.19e-7) for float16/bfloat16 input, not the input dtype's (torch's
-    docs say ``torch.finfo(x.dtype).eps``, which would be 9.8e-4 for float16)."""
+    docs say ``torch.finfo(x.dtype).eps``, which would be 9.8e-4 for float16). The output
+    has the input's memory format, as torch's CPU composite gives it."""
     dims = _normalized_dims(input, normalized_shape, "rms_norm")
     check_param_shape(weight, tuple(input.shape[dims[0] :]), "weight", "rms_norm", input)
     if eps is None:
         eps = torch.finfo(compute_dtype(input.dtype)).eps
-    y, _ = RMSNormFunction.apply(input, weight, dims, tuple(range(dims[0])), eps)
+    width = math.prod(input.shape[dims[0] :])
+    rows = input.reshape(-1, width)  # a view when contiguous
+    flat_weight = weight.reshape(width) if weight is not None else None
+    y = RMSNormFunction.apply(rows, flat_weight, eps).view(input.shape)
+    if not input.is_contiguous():  # torch's elementwise composite keeps the input's layout
+        y = torch.empty_like(input, dtype=y.dtype).copy_(y)
     return y

@@ -1,8 +1,11 @@
-"""InstanceNorm1d/2d: drop-in for torch.nn's; statistics per (sample, channel) over space.
+"""InstanceNorm1d/2d/3d: drop-in for torch.nn's; statistics per (sample, channel) over space.
 
 Defaults as torch: ``affine=False``, ``track_running_stats=False``. With running statistics the
 buffers get the batch-average of the per-instance mean and unbiased variance, as in torch.
-Unbatched input ((C, L) for 1d, (C, H, W) for 2d) is accepted like torch does.
+Unbatched input ((C, L) for 1d, (C, H, W) for 2d, (C, D, H, W) for 3d) is accepted like
+torch does; the output is contiguous whatever the input's layout (torch's as well). As in
+torch, a channel count that differs from ``num_features`` is an error only when the layer has
+per-channel parameters or buffers (otherwise num_features is unused: a warning).
 
     >>> import torch, vitalstats as vs
     >>> vs.nn.InstanceNorm2d(3)(torch.randn(2, 3, 8, 8)).shape
@@ -11,6 +14,7 @@ Unbatched input ((C, L) for 1d, (C, H, W) for 2d) is accepted like torch does.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import Tensor
@@ -19,7 +23,7 @@ from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn.batchnorm import _NormBase
 from vitalstats.nn.functional import instance_norm
 
-__all__ = ["InstanceNorm1d", "InstanceNorm2d"]
+__all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
 class _InstanceNorm(_NormBase):
@@ -68,31 +72,45 @@ class _InstanceNorm(_NormBase):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input_dim(self, input: Tensor) -> None:
         label = self.layer_label()
         check_float_input(input, label, min_dims=1)
         batched_dims = self._spatial_dims + 2
         if input.dim() not in (batched_dims - 1, batched_dims):
             raise ValueError(
-                f"{label}: expected {batched_dims - 1}-D (unbatched) or {batched_dims}-D input, "
-                f"got {input.dim()}-D input of shape {describe_shape(input)}."
+                f"{label}: expected {batched_dims - 1}D (unbatched) or {batched_dims}D input "
+                f"(got {input.dim()}D input of shape {describe_shape(input)}). Fix: reshape "
+                "the input, or use the InstanceNorm made for this many dims."
             )
-        unbatched = input.dim() == batched_dims - 1
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        label = self.layer_label()
+        feature_dim = input.dim() - self._spatial_dims - 1
+        channels = input.shape[feature_dim]
+        if channels != self.num_features:
+            message = (
+                f"{label}: expected input's size at dim={feature_dim} to match num_features "
+                f"({self.num_features}), but got: {channels} (input of shape "
+                f"{describe_shape(input)}). Fix: num_features={channels}."
+            )
+            if self.affine or self.track_running_stats:
+                raise ValueError(message)
+            warnings.warn(
+                f"{message} num_features is unused here (affine=False, "
+                "track_running_stats=False): you can also silence this warning by not passing "
+                "it.",
+                stacklevel=2,
+            )
+        unbatched = input.dim() == self._spatial_dims + 1
         batched = input.unsqueeze(0) if unbatched else input
-        if batched.shape[1] != self.num_features:
-            raise ValueError(
-                f"{label}: expected {self.num_features} channels, got {batched.shape[1]} "
-                f"(input of shape {describe_shape(input)}). Fix: num_features="
-                f"{batched.shape[1]}."
-            )
-        use_input_stats = self.training or not self.track_running_stats
         output = instance_norm(
             batched,
             self.running_mean,
             self.running_var,
             self.weight,
             self.bias,
-            use_input_stats,
+            self.training or not self.track_running_stats,
             self.momentum if self.momentum is not None else 0.0,
             self.eps,
         )
@@ -109,3 +127,9 @@ class InstanceNorm2d(_InstanceNorm):
     """InstanceNorm over (N, C, H, W) or (C, H, W): per (sample, channel) over H, W."""
 
     _spatial_dims = 2
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """InstanceNorm over (N, C, D, H, W) or (C, D, H, W): per (sample, channel) over D, H, W."""
+
+    _spatial_dims = 3

@@ -88,9 +88,9 @@ class GroupNorm(torch.nn.Module):
         super().__init__()
         if num_groups <= 0 or num_channels % num_groups != 0:
             raise ValueError(
-                f"GroupNorm: num_groups={num_groups} must be positive and divide "
-                f"num_channels={num_channels}. Fix: choose num_groups among the divisors of "
-                f"{num_channels}."
+                f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups "
+                f"({num_groups}), and num_groups positive. Fix: choose num_groups among the "
+                f"divisors of {num_channels}."
             )
         self.num_groups = num_groups
         self.num_channels = num_channels

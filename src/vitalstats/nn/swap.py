@@ -8,8 +8,9 @@
 
 The new layer takes over the old one's Parameter and buffer *objects* (so an optimiser built
 before the swap keeps working), its train/eval mode, device and dtype. Only exact types are
-converted (a subclass such as BatchRenorm has no torch twin and is left alone); hooks
-registered on the old layer are not carried over.
+converted (a subclass such as BatchRenorm has no torch twin and is left alone; so are lazy
+layers, which become their eager class on the first forward); hooks registered on the old
+layer are not carried over.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _pairs() -> list[tuple[type[torch.nn.Module], type[torch.nn.Module]]]:
         (torch.nn.BatchNorm3d, batchnorm.BatchNorm3d),
         (torch.nn.InstanceNorm1d, instancenorm.InstanceNorm1d),
         (torch.nn.InstanceNorm2d, instancenorm.InstanceNorm2d),
+        (torch.nn.InstanceNorm3d, instancenorm.InstanceNorm3d),
         (torch.nn.LayerNorm, normalization.LayerNorm),
         (torch.nn.GroupNorm, normalization.GroupNorm),
         (torch.nn.RMSNorm, normalization.RMSNorm),

@@ -1,15 +1,18 @@
 """SyncBatchNorm: BatchNorm whose batch statistics span every rank of a process group.
 
 Each rank reduces its batch to a count ``n_r`` and per-channel ``mean_r`` and ``M2_r`` (sum of
-squared deviations); one ``all_gather`` shares them and every rank merges them exactly,
-weighted by count (Chan et al.), so batch sizes may differ and a batch may be empty:
+squared deviations, from the two-pass statistics of ``_batch_norm.batch_statistics``); one
+``all_gather`` shares them and every rank merges them exactly with the project's Chan merge
+(``vitalstats.stats.chan_merge``, pairwise in rank order), so batch sizes may differ and a
+batch may be empty:
 
     N = sum_r n_r,   mean = sum_r n_r mean_r / N,   M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2
 
 The output ``(x - mean) / sqrt(M2 / N + eps) * weight + bias`` is what one process computes on
-the concatenated batches. Backward all-reduces the two per-channel sums it needs, ``sum(dy)``
-and ``sum(dy * (x - mean) * invstd)``; weight and bias gradients stay local (DDP adds them up).
-Unlike ``torch.nn.SyncBatchNorm`` (GPU/XPU only) this runs on gloo/CPU as well as NCCL/CUDA.
+the concatenated batches. Backward is BatchNorm's formula (``_batch_norm.batch_norm_backward``)
+with its two per-channel sums ``sum(dy)`` and ``sum(dy * x_hat)`` all-reduced over the group;
+weight and bias gradients stay local (DDP adds them up). Unlike ``torch.nn.SyncBatchNorm``
+(GPU/XPU only) this runs on gloo/CPU as well as NCCL/CUDA.
 """
 
 from __future__ import annotations
@@ -22,27 +25,20 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from vitalstats.nn._batch_norm import (
+    batch_norm_backward,
+    batch_norm_gradient_sums,
+    batch_statistics,
+    normalize,
+)
 from vitalstats.nn._errors import check_float_input, describe_shape
+from vitalstats.nn._layout import compute_dtype
 from vitalstats.nn.batchnorm import _BatchNorm
+from vitalstats.stats.merge import chan_merge
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
 Timeout = float | datetime.timedelta | None
-
-
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half/bfloat16/float32 inputs, float64 for float64: the dtype maths runs in."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _reduced_dims(x: Tensor) -> tuple[int, ...]:
-    """Every dimension of an (N, C, *) input except the channel dimension 1."""
-    return (0, *range(2, x.dim()))
-
-
-def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    """Reshape a (C,) vector to (1, C, 1, ...) so it broadcasts against x."""
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 class _Collectives:
@@ -92,47 +88,42 @@ class _Collectives:
         return tensor
 
 
-def _fused_reduction_applies(x: Tensor) -> bool:
-    """CPU float32/float64 input: torch's fused BatchNorm backward reduction gives the two
-    per-channel gradient sums several times faster than composing them from elementwise ops
-    and sums. Elsewhere (CUDA, half precision) the composed formulas run."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-
-
 def local_moments(x: Tensor) -> Tensor:
     """(2C + 1,) float64 ``[n, mean_1..mean_C, M2_1..M2_C]`` of an (N, C, *) input.
 
     ``n`` counts the values per channel (N times the spatial size); an empty batch gives zeros.
-    Two passes, mean = sum(x) / n then M2 = sum((x - mean)^2): as accurate as Welford and, on
-    the CPU, an order of magnitude faster than ``torch.var_mean`` over dims (0, 2, 3).
+    mean and the biased variance come from BatchNorm's two-pass statistics (never
+    E[x^2] - E[x]^2), and M2 = n * var.
     """
     channels = x.shape[1]
     count = x.numel() // channels
     if count == 0:
         return torch.zeros(2 * channels + 1, dtype=torch.float64, device=x.device)
-    dims = _reduced_dims(x)
-    x = x.to(_stats_dtype(x.dtype))
-    mean = x.sum(dim=dims) / count
-    m2 = (x - _channel_view(mean, x)).square().sum(dim=dims)
+    mean, var = batch_statistics(x.detach())
     n = torch.full((1,), float(count), dtype=torch.float64, device=x.device)
-    return torch.cat([n, mean.double(), m2.double()])
+    return torch.cat([n, mean.double(), var.double() * count])
 
 
 def merge_moments(gathered: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Exact count-weighted merge of (R, 2C + 1) per-rank moments into (N, mean, biased var).
+    """Exact merge of (R, 2C + 1) per-rank moments into (N, mean, biased var) by
+    ``chan_merge``, pairwise: rank 2i with 2i + 1, then the results, log2(R) rounds.
 
     N has shape (1,); mean and var (C,), float64. Ranks with n = 0 contribute nothing; when the
     whole group is empty, mean and var are 0 (the caller leaves running statistics alone).
     """
     channels = (gathered.shape[1] - 1) // 2
-    counts = gathered[:, :1]  # (R, 1)
-    means = gathered[:, 1 : 1 + channels]  # (R, C)
-    m2s = gathered[:, 1 + channels :]  # (R, C)
-    total = counts.sum(dim=0)  # (1,)
-    safe_total = total.clamp(min=1.0)
-    mean = (counts * means).sum(dim=0) / safe_total
-    m2 = m2s.sum(dim=0) + (counts * (means - mean) ** 2).sum(dim=0)
-    return total, mean, m2 / safe_total
+    count = gathered[:, :1].round().long()  # (R, 1)
+    mean, m2 = gathered[:, 1 : 1 + channels], gathered[:, 1 + channels :]  # (R, C) each
+    while count.shape[0] > 1:
+        if count.shape[0] % 2:  # an empty summary pairs with the last rank
+            count = torch.cat([count, torch.zeros_like(count[:1])])
+            mean = torch.cat([mean, torch.zeros_like(mean[:1])])
+            m2 = torch.cat([m2, torch.zeros_like(m2[:1])])
+        count, mean, m2 = chan_merge(
+            count[0::2], mean[0::2], m2[0::2], count[1::2], mean[1::2], m2[1::2]
+        )
+    total = count[0].double()
+    return total, mean[0], m2[0] / total.clamp(min=1.0)
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -153,32 +144,29 @@ class SyncBatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         gathered = collectives.all_gather(local_moments(x), "forward all_gather of batch moments")
         total, mean64, var64 = merge_moments(gathered)
-        dtype = _stats_dtype(x.dtype)
+        dtype = compute_dtype(x.dtype)
+        mean, var = mean64.to(dtype), var64.to(dtype)
         invstd = torch.rsqrt(var64 + eps).to(dtype)
-        mean = mean64.to(dtype)
-        scale = invstd * weight.to(dtype) if weight is not None else invstd
-        shift = (
-            -mean * scale if bias is None else torch.addcmul(bias.to(dtype), mean, scale, value=-1)
-        )
-        y = torch.addcmul(_channel_view(shift, x), x.to(dtype), _channel_view(scale, x))
+        weight_c = weight.to(dtype) if weight is not None else None
+        bias_c = bias.to(dtype) if bias is not None else None
+        y = normalize(x, mean, var, weight_c, bias_c, eps)
         ctx.save_for_backward(x, weight, mean, invstd, total)
+        ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.collectives = collectives
         ctx.mark_non_differentiable(mean64, var64, total)
-        return y.to(x.dtype), mean64, var64, total
+        return y, mean64, var64, total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, *_unused: Any) -> tuple:
-        """With xhat = (x - mean) * invstd, k = weight * invstd and sums over the whole group:
+        """``batch_norm_backward`` with group-wide sums:
 
-        dx = k * (dy - sum(dy) / N - xhat * sum(dy * xhat) / N)
+        dx = k * (dy - sum(dy) / N - xhat * sum(dy * xhat) / N),   k = weight * invstd
         dweight = sum_local(dy * xhat),  dbias = sum_local(dy)   (DDP adds the ranks)
         """
         x, weight, mean, invstd, total = ctx.saved_tensors
-        dtype = mean.dtype
-        dy = grad_out.to(dtype)
-        sum_dy, sum_dy_xhat = _local_gradient_sums(dy, x, mean, invstd)  # (C,) each
+        sum_dy, sum_dy_xhat = batch_norm_gradient_sums(grad_out, x, mean, invstd, ctx.eps)
         grad_input = grad_weight = grad_bias = None
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = sum_dy_xhat.to(weight.dtype)
@@ -189,32 +177,13 @@ class SyncBatchNormFunction(torch.autograd.Function):
                 torch.cat([sum_dy, sum_dy_xhat]), "backward all_reduce of gradient sums"
             )
             group_sum_dy, group_sum_dy_xhat = sums.chunk(2)
-            n = total.to(dtype)
-            k = invstd * weight.to(dtype) if weight is not None else invstd
-            # dx = k * dy - k * sum(dy) / N - x * slope + mean * slope, both sums over the group
-            slope = k * invstd * group_sum_dy_xhat / n
-            offset = torch.addcmul(-k * group_sum_dy / n, mean, slope)
-            grad_input = torch.addcmul(
-                _channel_view(offset, x), x.to(dtype), _channel_view(-slope, x)
-            )
-            grad_input.addcmul_(dy, _channel_view(k, x))
-            grad_input = grad_input.to(x.dtype)
+            weight_c = weight.to(mean.dtype) if weight is not None else None
+            count = total.to(mean.dtype)
+            grad_input = batch_norm_backward(
+                grad_out.to(mean.dtype), x.to(mean.dtype), weight_c, mean, invstd,
+                group_sum_dy, group_sum_dy_xhat, count,
+            ).to(x.dtype)  # fmt: skip
         return grad_input, grad_weight, grad_bias, None, None
-
-
-def _local_gradient_sums(
-    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Per channel over this rank's batch: ``sum(dy)`` and ``sum(dy * (x - mean) * invstd)``
-    (zeros for an empty batch); on the CPU by torch's fused BatchNorm backward reduction."""
-    if x.numel() > 0 and _fused_reduction_applies(x):
-        _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            dy, x, None, None, None, mean, invstd, True, 0.0, [False, True, True]
-        )
-        return sum_dy, sum_dy_xhat
-    dims = _reduced_dims(x)
-    centered = x.to(dy.dtype) - _channel_view(mean, x)
-    return dy.sum(dim=dims), (dy * centered).sum(dim=dims) * invstd
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -302,14 +271,14 @@ class SyncBatchNorm(_BatchNorm):
         check_float_input(input, self.layer_label(), min_dims=2)
         self._check_channels_across_ranks(input, collectives)
         self._check_input_dim(input)
-        factor = self._exponential_average_factor()
         y, mean, var, total = SyncBatchNormFunction.apply(
             input, self.weight, self.bias, self.eps, collectives
         )
-        self.batch_mean, self.batch_var = mean.float(), var.float()
+        self.__dict__["batch_mean"], self.__dict__["batch_var"] = mean.float(), var.float()
         if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self._update_running_stats_from_group(mean, var, total, factor)
+            with torch.no_grad():  # the group's unbiased variance; N <= 1 gives NaN: skipped
+                unbiased = torch.where(total > 1, var * total / (total - 1), torch.nan)
+                self._update_running_stats(mean, unbiased)
         return y
 
     def _check_channels_across_ranks(self, input: Tensor, collectives: _Collectives) -> None:
@@ -332,30 +301,6 @@ class SyncBatchNorm(_BatchNorm):
                 "order with inputs of the same channel count."
             )
         self._channels_checked_for = key
-
-    def _update_running_stats_from_group(
-        self, mean: Tensor, var: Tensor, total: Tensor, factor: float | Tensor
-    ) -> None:
-        """running = (1 - factor) * running + factor * batch in float64, with the group's
-        unbiased variance var * N / (N - 1) (NaN when N <= 1, so the non-finite guard skips)."""
-        unbiased = torch.where(total > 1, var * total / (total - 1), torch.nan)
-        finite = None
-        if self.skip_nonfinite:
-            finite = torch.isfinite(mean).all() & torch.isfinite(unbiased).all()
-        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
-            if running is None:
-                continue
-            updated = factor * batch + (1 - factor) * running.double()
-            if finite is not None:
-                updated = torch.where(finite, updated, running.double())
-            running.copy_(updated)
-        if self.num_batches_tracked is None:
-            return
-        if finite is None:
-            self.num_batches_tracked.add_(1)
-            return
-        self.num_batches_tracked.add_(finite.long())
-        self._nonfinite_warning.record(~finite, self._nonfinite_message)
 
     @classmethod
     def convert_sync_batchnorm(

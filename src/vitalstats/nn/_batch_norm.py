@@ -1,0 +1,281 @@
+"""BatchNorm's maths, forward and backward side by side, and the kernels that run it.
+
+Per channel c of an (N, C, *) input, over its n = N * prod(spatial) values:
+
+    mean = sum(x) / n,   var = sum((x - mean)^2) / n   (biased),   invstd = 1 / sqrt(var + eps)
+    y    = (x - mean) * invstd * w + b
+
+Backward (``batch_norm_backward``, the one formula; SyncBatchNorm passes group-wide sums):
+
+    dx = w * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n),   x_hat = (x - mean) * invstd
+    dw = sum(dy * x_hat),   db = sum(dy)
+
+``batch_norm_reference`` writes the forward in plain differentiable ops: with the formula above
+it is the oracle the kernels are tested against (tests/nn/test_batch_norm_maths.py) and what
+double backward differentiates. What runs (``batch_norm_training``):
+
+* torch's fused training kernel with autograd (its C++ backward node), handed scratch running
+  buffers with momentum 1 so that it also returns the exact unbiased variance
+  (sum((x - mean)^2) / (n - 1), as torch computes it for its running_var) without touching the
+  layer's buffers: the non-finite guard decides afterwards whether they change. Dtypes are
+  the layer's, as in torch: float32 statistics for float32 layers (also with half-precision
+  input: torch's mixed-precision kernel), the input dtype's for a layer converted to half;
+* for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
+  corrected two-pass statistics of ``_centered_moments`` (``BatchNormFunction``): torch's
+  kernel runs a scalar float64 loop over that layout, 5-10x slower; the backward is torch's
+  native kernel.
+
+Statistics are never formed as E[x^2] - E[x]^2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vitalstats.nn._layout import channel_view, channels_contiguous, compute_dtype, reduced_dims
+
+__all__ = [
+    "BatchNormFunction",
+    "batch_norm_backward",
+    "batch_norm_gradient_sums",
+    "batch_norm_reference",
+    "batch_norm_training",
+    "batch_statistics",
+    "normalize",
+]
+
+
+def batch_norm_reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, biased var) straight from the definition, differentiable, in x's dtype."""
+    dims = reduced_dims(x)
+    mean = x.mean(dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * channel_view(weight, x.dim())
+    if bias is not None:
+        y = y + channel_view(bias, x.dim())
+    return y, mean.reshape(-1), var.reshape(-1)
+
+
+def batch_norm_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+    sum_dy: Tensor,
+    sum_dy_xhat: Tensor,
+    count: int | Tensor,
+) -> Tensor:
+    """dL/dx of BatchNorm: dx = k * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n), k = w * invstd.
+
+    Derivation: x_hat = (x - mean) * invstd with mean and var over the n values of a channel,
+    so d x_hat_i / d x_j = invstd * (delta_ij - 1/n - x_hat_i * x_hat_j / n); dx = w dy . that.
+    Computed as dx = k * dy - a * (x - mean) + offset with per-channel a = k * invstd *
+    sum(dy x_hat) / n and offset = -k * sum(dy) / n (x - mean first: no cancellation when
+    |mean| >> std). ``mean``, ``invstd`` and the sums are (C,); the sums may cover more than
+    this input (SyncBatchNorm: all ranks, with ``count`` the group's n). Under autograd (double
+    backward) plain ops; otherwise in place in the centred buffer, three passes over memory.
+    """
+    ndim = input.dim()
+    k = invstd * weight if weight is not None else invstd
+    a = k * invstd * sum_dy_xhat / count
+    offset = -k * sum_dy / count
+    a, k, offset = channel_view(a, ndim), channel_view(k, ndim), channel_view(offset, ndim)
+    centered = input - channel_view(mean, ndim)
+    if torch.is_grad_enabled():
+        return k * grad_out - a * centered + offset
+    if channels_contiguous(input):  # coefficients vary along memory rows: addcmul is fastest
+        return torch.addcmul(offset, centered, -a, out=centered).addcmul_(grad_out, k)
+    return centered.mul_(-a).add_(offset).addcmul_(grad_out, k)
+
+
+def _reference_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db) with the statistics recomputed from x in differentiable ops (double
+    backward); in the compute dtype."""
+    dims = reduced_dims(x)
+    _, mean, var = batch_norm_reference(x, None, None, eps)
+    invstd = torch.rsqrt(var + eps)
+    x_hat = (x - channel_view(mean, x.dim())) * channel_view(invstd, x.dim())
+    sum_dy, sum_dy_xhat = grad_out.sum(dims), (grad_out * x_hat).sum(dims)
+    count = x.numel() // x.shape[1]
+    grad_input = batch_norm_backward(grad_out, x, weight, mean, invstd, sum_dy, sum_dy_xhat, count)
+    return grad_input, sum_dy_xhat, sum_dy
+
+
+def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Corrected two-pass moments of channels-first contiguous x seen as (N, C, S):
+    (buffer, c, rough_mean, correction, var) with c = x - rough_mean, the (N, C, S) view of a
+    new buffer shaped like x, and all statistics (1, C, 1).
+
+    m0 = rough mean, c = x - m0, then mean = m0 + mean(c) and var = mean(c^2) - mean(c)^2:
+    the correction mean(c) removes m0's rounding and nothing cancels because c is centred.
+    Sums run along the contiguous rows first (S, then N)."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, S), a view
+    count = rows.shape[0] * rows.shape[2]
+    rough_mean = rows.sum(2, keepdim=True).sum(0, keepdim=True) / count
+    buffer = torch.empty_like(x)  # returned whole by the caller: not a view
+    centered = torch.sub(rows, rough_mean, out=buffer.view(rows.shape))
+    correction = centered.sum(2, keepdim=True).sum(0, keepdim=True) / count
+    row_norms = torch.linalg.vector_norm(centered, dim=2, keepdim=True)  # no c^2 temporary
+    sum_squares = row_norms.square_().sum(0, keepdim=True)
+    var = (sum_squares / count - correction * correction).clamp_(min=0.0)
+    return buffer, centered, rough_mean, correction, var
+
+
+def _channels_first_cpu(x: Tensor) -> bool:
+    """float32/float64 NCHW-contiguous CPU input with a spatial extent."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and not channels_contiguous(x)
+    )
+
+
+def _two_pass_training(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, var, unbiased var, invstd) by ``_centered_moments``, y = c * scale + shift
+    written in place in the centred buffer. No autograd."""
+    y, centered, rough_mean, correction, var = _centered_moments(x)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight.reshape(1, -1, 1) if weight is not None else invstd
+    shift = -correction * scale
+    if bias is not None:
+        shift = shift + bias.reshape(1, -1, 1)
+    centered.mul_(scale).add_(shift)
+    count = x.numel() // x.shape[1]
+    var = var.reshape(-1)
+    mean = (rough_mean + correction).reshape(-1)
+    return y, mean, var, var * (count / (count - 1)), invstd.reshape(-1)
+
+
+def _native_training(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, stats_dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, var, unbiased var, invstd) from torch's training kernel; scratch running
+    buffers (zeros in ``stats_dtype``, momentum 1) receive mean and unbiased var, the layer's
+    are untouched. Differentiable in x, weight, bias (torch's C++ backward node)."""
+    scratch = torch.zeros(2, x.shape[1], dtype=stats_dtype, device=x.device)
+    scratch_mean, unbiased = scratch.unbind(0)
+    y, mean, invstd = torch.native_batch_norm(
+        x, weight, bias, scratch_mean, unbiased, True, 1.0, eps
+    )
+    count = x.numel() // x.shape[1]
+    return y, mean, unbiased * ((count - 1) / count), unbiased, invstd
+
+
+def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, biased var) per channel, (C,) each in the compute dtype, no autograd."""
+    if _channels_first_cpu(x):
+        _, _, rough_mean, correction, var = _centered_moments(x)
+        return (rough_mean + correction).reshape(-1), var.reshape(-1)
+    scratch = None  # half precision: float32 buffers (momentum 0) select float32 statistics
+    if compute_dtype(x.dtype) != x.dtype:
+        scratch = torch.zeros(x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
+    return torch.batch_norm_update_stats(x, scratch, scratch, 0.0)
+
+
+def normalize(
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """y = (x - mean) / sqrt(var + eps) * w + b with given (C,) statistics (compute dtype),
+    by torch's native inference kernel: x's dtype and memory format. No autograd."""
+    return torch.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
+
+
+def batch_norm_training(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    buffer_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training BatchNorm: (y, mean, biased var, unbiased var), the statistics (C,) detached,
+    y in x's dtype and memory format, differentiable.
+
+    Half/bfloat16 input runs torch's kernel with the layer's own dtypes, as torch does: float32
+    parameters/buffers (``buffer_dtype``) select its mixed-precision kernel with float32
+    statistics; a layer converted to half precision gets statistics in that dtype."""
+    if _channels_first_cpu(x):
+        y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps)
+        return y, mean, var, unbiased
+    if x.dtype in (torch.float32, torch.float64):
+        stats_dtype = x.dtype  # parameters in another dtype: convert, differentiably
+        if weight is not None and weight.dtype != stats_dtype:
+            weight = weight.to(stats_dtype)
+        if bias is not None and bias.dtype != stats_dtype:
+            bias = bias.to(stats_dtype)
+    else:  # half precision input: the layer's dtype if it is x's, else float32 (mixed kernel)
+        param = weight if weight is not None else bias
+        stats_dtype = param.dtype if param is not None else (buffer_dtype or x.dtype)
+        if stats_dtype != x.dtype:
+            stats_dtype = compute_dtype(x.dtype)
+            weight = weight.to(stats_dtype) if weight is not None else None
+            bias = bias.to(stats_dtype) if bias is not None else None
+    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps, stats_dtype)
+    return y, mean, var, unbiased
+
+
+def batch_norm_gradient_sums(
+    grad_out: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    """(sum(dy), sum(dy * x_hat)) per channel, (C,) in the compute dtype, by torch's fused
+    backward reduction (zeros for an empty input, where that kernel is undefined)."""
+    if x.numel() == 0:
+        zeros = torch.zeros_like(mean)
+        return zeros, zeros.clone()
+    _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+        grad_out, x, None, None, None, mean, invstd, True, eps, [False, True, True]
+    )
+    return sum_dy, sum_dy_xhat
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training BatchNorm for float32/float64 channels-first CPU input: two-pass statistics
+    forward, torch's native backward. Returns (y, mean, var, unbiased var); the statistics are
+    non-differentiable outputs (their dependence on x is inside the backward formula). Saves x,
+    the weight, mean and invstd: no more than torch's kernel keeps."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        weight_c = weight.to(x.dtype) if weight is not None else None
+        bias_c = bias.to(x.dtype) if bias is not None else None
+        y, mean, var, unbiased, invstd = _two_pass_training(x, weight_c, bias_c, eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.mark_non_differentiable(mean, var, unbiased)
+        return y, mean, var, unbiased
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, *_grad_statistics: Any) -> tuple:
+        x, weight, mean, invstd = ctx.saved_tensors
+        dtype = compute_dtype(x.dtype)
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        weight_c = weight.to(dtype) if weight is not None else None
+        if torch.is_grad_enabled():  # double backward: the formula, statistics as functions of x
+            grad_input, grad_weight, grad_bias = _reference_backward(
+                grad_out.to(dtype), x.to(dtype), weight_c, ctx.eps
+            )
+            grad_input = grad_input.to(x.dtype)
+        else:
+            grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_out, x, weight_c, None, None, mean, invstd, True, ctx.eps,
+                [need_input, need_weight or need_bias, need_weight or need_bias],
+            )  # fmt: skip
+        grad_input = grad_input if need_input else None
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        grad_bias = grad_bias.to(ctx.bias_dtype) if need_bias else None
+        return grad_input, grad_weight, grad_bias, None

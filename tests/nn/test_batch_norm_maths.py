@@ -1,0 +1,131 @@
+"""vitalstats.nn._batch_norm: every kernel path against the reference formulas, in float64.
+
+The fast path picks kernels by layout and dtype (channels innermost, channels first, native);
+each must give the definition's output and statistics (``batch_norm_reference``), autograd's
+gradient of that definition, and second derivatives (gradgradcheck)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.nn._compare import assert_close
+from vitalstats.nn._batch_norm import (
+    batch_norm_backward,
+    batch_norm_reference,
+    batch_norm_training,
+    batch_statistics,
+)
+
+DOUBLE = torch.float64
+
+
+def _layout(name: str, dtype: torch.dtype = DOUBLE) -> torch.Tensor:
+    """An input in one of the layouts the kernels tell apart, far from zero (|mean| >> std)."""
+    g = torch.Generator().manual_seed(len(name))
+    base = {"2d": (9, 4), "3d": (5, 4, 3), "nchw": (3, 4, 5, 6), "5d": (2, 4, 3, 2, 3)}
+    if name in base:
+        x = torch.randn(base[name], generator=g, dtype=DOUBLE)
+    elif name == "channels_last":
+        x = torch.randn(3, 4, 5, 6, generator=g, dtype=DOUBLE).to(memory_format=torch.channels_last)
+    elif name == "transposed":  # neither contiguous nor channels_last: the native kernel
+        x = torch.randn(6, 4, 3, generator=g, dtype=DOUBLE).transpose(0, 2)
+    else:
+        raise ValueError(name)
+    return (x * 1.5 + 40.0).to(dtype).requires_grad_(True)
+
+
+LAYOUTS = ["2d", "3d", "nchw", "5d", "channels_last", "transposed"]
+
+
+def _params(c: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    weight = (torch.rand(c, generator=g, dtype=DOUBLE) + 0.5).requires_grad_(True)
+    return weight, torch.randn(c, generator=g, dtype=DOUBLE).requires_grad_(True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_path_gives_the_definitions_output_statistics_and_gradients(layout: str) -> None:
+    x, (w, b) = _layout(layout), _params()
+    y, mean, var, unbiased = batch_norm_training(x, w, b, 1e-3)
+    y_ref, mean_ref, var_ref = batch_norm_reference(x, w, b, 1e-3)
+    n = x.numel() // x.shape[1]
+    for ours, ref, what in (
+        (y, y_ref, "y"), (mean, mean_ref, "mean"), (var, var_ref, "var"),
+        (unbiased, var_ref * n / (n - 1), "unbiased var"),
+    ):  # fmt: skip
+        assert_close(ours, ref, DOUBLE, f"{layout} {what}")
+    grad = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), grad)
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), grad)
+    for ours, ref, what in zip(grads, grads_ref, ("dx", "dw", "db"), strict=True):
+        assert_close(ours, ref, DOUBLE, f"{layout} {what}")
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+@pytest.mark.parametrize("layout", ["2d", "nchw", "channels_last"])
+def test_float32_paths_stay_within_float32_rounding_of_the_float64_answer(layout: str) -> None:
+    x64 = _layout(layout)
+    x = x64.detach().float().requires_grad_(True)
+    w, b = (p.detach().float().requires_grad_(True) for p in _params())
+    y, mean, var, _ = batch_norm_training(x, w, b, 1e-5)
+    y_ref, mean_ref, var_ref = batch_norm_reference(
+        x.detach().double(), w.double(), b.double(), 1e-5
+    )
+    assert_close(y, y_ref, torch.float32, f"{layout} y")
+    torch.testing.assert_close(var.double(), var_ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean.double(), mean_ref, rtol=2.5e-7, atol=0)  # 2 ulps
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_with_float32_parameters_gets_float32_statistics(
+    dtype: torch.dtype,
+) -> None:
+    """Mixed precision (a float32 layer, half input): torch's mixed kernel, float32 statistics;
+    a layer converted to half keeps torch's half-precision statistics."""
+    x = _layout("nchw", dtype)
+    w32 = torch.ones(4)
+    y, mean, var, _ = batch_norm_training(x, w32, None, 1e-5)
+    assert y.dtype == dtype and mean.dtype == var.dtype == torch.float32
+    _, mean_ref, var_ref = batch_norm_reference(x.detach().double(), None, None, 1e-5)
+    torch.testing.assert_close(var.double(), var_ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean.double(), mean_ref, rtol=1e-6, atol=0)
+    y_half, mean_half, _, _ = batch_norm_training(x, w32.to(dtype), None, 1e-5)
+    y_torch, mean_torch, _ = torch.native_batch_norm(
+        x.detach(), w32.to(dtype), None, None, None, True, 0.1, 1e-5
+    )
+    assert mean_half.dtype == dtype and torch.equal(y_half, y_torch)
+    assert torch.equal(mean_half, mean_torch)
+
+
+def test_the_backward_formula_is_autograds_derivative_of_the_definition() -> None:
+    x, (w, b) = _layout("nchw"), _params()
+    y_ref, _, _ = batch_norm_reference(x, w, b, 1e-3)
+    grad = torch.randn_like(y_ref)
+    expected = torch.autograd.grad(y_ref, x, grad)[0]
+    with torch.no_grad():
+        mean, var = batch_statistics(x)
+        invstd = torch.rsqrt(var + 1e-3)
+        dims = (0, 2, 3)
+        x_hat = (x - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
+        sum_dy, sum_dy_xhat = grad.sum(dims), (grad * x_hat).sum(dims)
+        dx = batch_norm_backward(grad, x, w, mean, invstd, sum_dy, sum_dy_xhat, x.numel() // 4)
+    assert_close(dx, expected, DOUBLE, "dx")
+
+
+@pytest.mark.parametrize("layout", ["2d", "nchw", "channels_last", "transposed"])
+def test_double_backward_passes_gradgradcheck_on_every_path(layout: str) -> None:
+    x = _layout(layout).detach()[:3].clone().requires_grad_(True)
+    w, b = _params()
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: batch_norm_training(x, w, b, 1e-3)[0], (x, w, b), fast_mode=True
+    )
+
+
+def test_statistics_are_those_of_the_definition_on_every_layout() -> None:
+    for layout in LAYOUTS:
+        x = _layout(layout).detach()
+        mean, var = batch_statistics(x)
+        _, mean_ref, var_ref = batch_norm_reference(x, None, None, 0.0)
+        assert_close(mean, mean_ref, DOUBLE, f"{layout} mean")
+        assert_close(var, var_ref, DOUBLE, f"{layout} var")
