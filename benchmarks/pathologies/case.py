@@ -86,6 +86,10 @@ class Case:
     category: ClassVar[str] = HEALTHY
     expected: ClassVar[tuple[str, ...] | None] = None  # None: the category's
     root: ClassVar[str | None] = None  # None: the category's
+    # Codes that name the cause the case plants as well as ``root`` does, when the case
+    # plants it through another documented fault (unstandardised inputs that overflow float16,
+    # an lr spike that kills units, a large init that explodes): each use says why.
+    also_root: ClassVar[tuple[str, ...]] = ()
     steps: ClassVar[int] = 300
     seed: ClassVar[int] = 0
     summary: ClassVar[str] = ""  # one line: the loop and what is wrong with it
@@ -121,6 +125,7 @@ class Case:
             "category": cls.category,
             "expected": list(cls.expected_codes()),
             "root": cls.root_code(),
+            "also_root": list(cls.also_root),
             "steps": cls.steps,
             "summary": cls.summary,
         }

@@ -33,7 +33,7 @@ from rich.console import Console  # noqa: E402
 
 from pathologies.case import load_cases  # noqa: E402
 from pathologies.score import summarise, verdict  # noqa: E402
-from pathologies.table import print_cases, print_summary  # noqa: E402
+from pathologies.table import print_calibration, print_cases, print_summary  # noqa: E402
 
 DEFAULT_JSON = HERE.parent / "results" / "pathologies.json"
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(ordered)
     print_cases(console, ordered)
     print_summary(console, summary)
+    print_calibration(console, summary)
     import torch
 
     import vitalstats

@@ -1,7 +1,8 @@
 """Scores of the benchmark: per-case verdicts and the summary (pure functions of results).
 
 - detected (fault case): some warning/error finding has a code in the case's ``expected``.
-- root named first: the first warning/error finding in ``diagnose()`` order has the root code.
+- root named first: the first warning/error finding in ``diagnose()``'s story (roots, each
+  followed by what it explains) has the root code (or one of the case's ``also_root``).
 - false alarm (healthy case): any warning/error finding (info findings do not count).
 - recall = detected / fault cases that ran and proved their fault (status ``ok``);
   false-alarm rate = alarmed / healthy cases that ran and trained (status ``ok``);
@@ -31,10 +32,61 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     out["alarmed"] = bool(severe)
     if result.get("category") != HEALTHY:
         expected, root = set(result.get("expected", ())), result.get("root")
+        roots = {root, *result.get("also_root", ())}
         out["detected"] = any(c in expected for c in severe)
-        out["root_named"] = root in severe
-        out["root_first"] = bool(severe) and severe[0] == root
+        out["root_named"] = bool(roots & set(severe))
+        out["root_first"] = bool(severe) and severe[0] in roots
     return out
+
+
+# The statistic each rule judges (``RunContext.evidence``) and the threshold it is judged by:
+# the calibration table puts the healthy runs' extreme beside the threshold.
+EVIDENCE_THRESHOLDS: dict[str, tuple[str, str]] = {
+    # evidence key: (threshold field, direction of "worse": max or min)
+    "grad_norm_total": ("exploding_grad_norm", "max"),
+    "grad_vanishing_ratio": ("vanishing_grad_ratio", "min"),
+    "saturated_fraction": ("saturated_fraction", "max"),
+    "dead_fraction": ("dead_fraction", "max"),
+    "depth_per_layer_log10": ("per_layer_std_ratio", "max"),
+    "logit_abs_max": ("logit_abs_limit", "max"),
+    "update_to_data_log10_median_max[adam]": ("update_to_data_log10_high_adam", "max"),
+    "update_to_data_log10_median_max[sgd]": ("update_to_data_log10_high", "max"),
+    "update_to_data_log10_median_max[other]": ("update_to_data_log10_high", "max"),
+    "update_to_data_log10_median_min[adam]": ("update_to_data_log10_low", "min"),
+    "update_to_data_log10_median_min[sgd]": ("update_to_data_log10_low", "min"),
+    "weight_growth": ("lr_weight_growth", "max"),
+    "loss_spike_z": ("loss_spike_sigmas", "max"),
+    "loss_divergence_ratio": ("loss_divergence_ratio", "max"),
+    "plateau_improvement": ("plateau_min_improvement", "min"),
+    "input_rms_max": ("input_rms_high", "max"),
+    "input_rms_spread": ("input_rms_spread", "max"),
+}
+
+
+def calibration(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per judged statistic: the healthy runs' most extreme value (and which case), the
+    threshold, and how many fault cases went past it."""
+    from vitalstats.monitor.config import Thresholds
+
+    defaults = Thresholds()
+    table: dict[str, dict[str, Any]] = {}
+    for key, (field, worst) in EVIDENCE_THRESHOLDS.items():
+        threshold = getattr(defaults, field)
+        if field == "per_layer_std_ratio":
+            import math
+
+            threshold = math.log10(threshold)
+        pick = max if worst == "max" else min
+        healthy = [(r["evidence"][key], r["name"]) for r in results
+                   if r.get("category") == HEALTHY and key in r.get("evidence", {})]  # fmt: skip
+        faults = [r["evidence"][key] for r in results
+                  if r.get("category") != HEALTHY and key in r.get("evidence", {})]  # fmt: skip
+        beyond = sum((v > threshold) if worst == "max" else (v < threshold) for v in faults)
+        value, case = pick(healthy) if healthy else (None, None)
+        table[key] = {"threshold_field": field, "threshold": threshold, "worse": worst,
+                      "healthy_extreme": value, "healthy_case": case, "healthy_runs": len(healthy),
+                      "fault_runs": len(faults), "fault_runs_beyond": beyond}  # fmt: skip
+    return table
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -80,4 +132,5 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             k: {"cases": v[0], "detected": v[1], "root_first": v[2]}
             for k, v in sorted(per_category.items())
         },
+        "calibration": calibration(results),
     }

@@ -116,3 +116,17 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         f"root named anywhere {_pct(s['root_named_rate'])}\n"
         f"crashes/timeouts {s['crashes']}   invalid {s['invalid']}   monitor cost {cost}"
     )
+
+
+def print_calibration(console: Console, summary: dict[str, Any]) -> None:
+    """Each judged statistic: the threshold and the healthy runs' most extreme value."""
+    table = Table(title="Calibration: healthy extremes against the thresholds")
+    for column in ("statistic", "threshold", "healthy extreme (case)", "faults past it"):
+        table.add_column(column)
+    for key, row in summary.get("calibration", {}).items():
+        value = row["healthy_extreme"]
+        shown = "-" if value is None else f"{value:.3g} ({row['healthy_case']})"
+        sign = ">" if row["worse"] == "max" else "<"
+        table.add_row(key, f"{sign} {row['threshold']:.3g} ({row['threshold_field']})", shown,
+                      f"{row['fault_runs_beyond']}/{row['fault_runs']}")  # fmt: skip
+    console.print(table)

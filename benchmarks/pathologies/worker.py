@@ -64,6 +64,7 @@ def monitored_run(cls: type[Case], result: dict) -> Case:
         for f, root in [(parent, True), *((c, False) for c in parent.consequences)]
     ]
     result["messages"] = [str(f) for f in findings if f.severity in SEVERE][:12]
+    result["evidence"] = dict(mon._diagnoser.ctx.evidence)  # the extremes each rule judged
     result["loss_first"] = _finite_or_str(losses[0])
     result["loss_last"] = _finite_or_str(losses[-1])
     result["phase"] = "prove"

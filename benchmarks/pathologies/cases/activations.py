@@ -108,6 +108,7 @@ class DeadReluMlpBias(Case):
 @register
 class DeadReluCnnLrSpike(DigitsImageCase):
     name = "dead_relu_cnn_lr_spike"
+    also_root = ("LR_TOO_HIGH",)  # the planted cause is the lr spike that kills the units
     arch = "CNN 2x(conv-ReLU-pool)"
     category = "dead_relu"
     summary = "SGD lr 0.05, but a schedule bug sets lr 20 for steps 100-104; units die"

@@ -91,6 +91,7 @@ class VanishingCnnSigmoid(Case):
 @register
 class ExplodingMlpRelu(FlatDigitsCase):
     name = "exploding_mlp_relu_large_init"
+    also_root = ("ACT_STD_DEPTH",)  # the planted cause is the large init, which this names
     arch = "MLP 10 x Linear(128)-ReLU"
     category = "exploding_gradients"
     summary = "10 ReLU layers, weights N(0, (2.5 x Kaiming std)^2), no normalisation, SGD lr 0.01"

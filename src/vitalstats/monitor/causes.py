@@ -10,7 +10,14 @@ into what a reader acts on:
    high explains exploding gradients, which explain the first NaN in the forward pass, which
    explains the NaN loss;
 3. root causes come first: by the most severe finding of their cascade, then by how
-   fundamental the code is (``ROOT_ORDER``), then by step.
+   fundamental the finding is (``_priority``), then by step.
+
+Causes precede their effects in time. A finding made at step 0, before any update, is about
+the data, the loop or the initialisation: no training-dynamics cause (``DYNAMIC``: a
+learning rate too high, growing logits, skipped AMP steps) can explain it, and it is judged
+more fundamental than they are. So an activation-std trend at initialisation explains the
+exploding gradients and NaN that follow, while the same trend appearing after a learning
+rate blew the weights up is explained by the learning rate.
 
 It is a pure function of the findings, so the report and the CLI tell the same story from a
 run store as ``Monitor.diagnose()`` does live.
@@ -34,12 +41,16 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
     "LOSS_ON_PROBABILITIES": ("LOSS_PLATEAU", "GRAD_VANISHING", "ACT_SATURATED",
                               "UPDATE_RATIO_LOW"),
     "INPUT_SCALE": ("ACT_SATURATED", "ACT_STD_DEPTH", "GRAD_EXPLODING", "DEAD_RELU",
-                    "LR_TOO_HIGH", "UPDATE_RATIO_HIGH", "GRAD_VANISHING", *_NONFINITE, *_LOSS),
-    "STEP_IN_EVAL_MODE": ("BN_DRIFT", "GRAD_EXPLODING", "LOSS_PLATEAU"),
+                    "LR_TOO_HIGH", "UPDATE_RATIO_HIGH", "GRAD_VANISHING", "AMP_STEPS_SKIPPED",
+                    *_NONFINITE, *_LOSS),
+    "STEP_IN_EVAL_MODE": ("BN_DRIFT", "LR_TOO_HIGH", "GRAD_EXPLODING", "GRAD_VANISHING",
+                          "DEAD_RELU", "UPDATE_RATIO_HIGH", "UPDATE_RATIO_LOW", *_NONFINITE,
+                          *_LOSS),
     "LR_TOO_HIGH": ("GRAD_EXPLODING", "UPDATE_RATIO_HIGH", *_NONFINITE, *_LOSS, "DEAD_RELU",
-                    "ACT_SATURATED", "LOGIT_GROWTH", "BN_DRIFT"),
+                    "ACT_SATURATED", "ACT_STD_DEPTH", "LOGIT_GROWTH", "BN_DRIFT",
+                    "GRAD_VANISHING"),
     "ACT_STD_DEPTH": ("GRAD_VANISHING", "GRAD_EXPLODING", "ACT_SATURATED", "DEAD_RELU",
-                      "UPDATE_RATIO_LOW", "LOSS_PLATEAU", *_NONFINITE),
+                      "UPDATE_RATIO_LOW", "LOSS_PLATEAU", "LR_TOO_HIGH", *_NONFINITE),
     "AMP_STEPS_SKIPPED": ("LOSS_PLATEAU", "UPDATE_RATIO_LOW", "NONFINITE_GRAD"),
     "LOGIT_GROWTH": ("LOSS_SPIKE", "LOSS_DIVERGENCE", *_NONFINITE),
     "ACT_SATURATED": ("GRAD_VANISHING", "UPDATE_RATIO_LOW", "LOSS_PLATEAU"),
@@ -64,6 +75,31 @@ ROOT_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 
 _SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+# Causes that act through training (they need updates to show): they never explain a
+# finding made before any update, and such findings outrank them.
+DYNAMIC = frozenset({"LR_TOO_HIGH", "LOGIT_GROWTH", "AMP_STEPS_SKIPPED"})
+# Bugs of the data, the loop or a layer's configuration: the most fundamental of all.
+LOOP_BUGS = frozenset(ROOT_ORDER[: ROOT_ORDER.index("BN_FEW_VALUES") + 1])
+
+
+def _at_start(finding: Finding) -> bool:
+    """Made before any update: a static check (step None) or step 0."""
+    return finding.step is None or finding.step == 0
+
+
+def _priority(finding: Finding) -> tuple[int, int, float]:
+    """(group, rank in ROOT_ORDER, step): loop bugs, then findings at initialisation, then
+    training-dynamics causes, then later symptoms."""
+    if finding.code in LOOP_BUGS:
+        group = 0
+    elif finding.code in DYNAMIC:
+        group = 2
+    elif _at_start(finding):
+        group = 1
+    else:
+        group = 3
+    return (group, _rank(finding.code), _step_key(finding))
 
 
 def _rank(code: str) -> int:
@@ -116,12 +152,18 @@ def story(findings: Iterable[Finding | Mapping[str, Any]]) -> list[Finding]:
 
     Accepts ``Finding`` objects or run-store dicts; returns new ``Finding`` objects. Every
     input finding appears exactly once: as a root or as one root's consequence."""
-    grouped = sorted(group_by_code(findings), key=lambda f: (_rank(f.code), _step_key(f)))
+    grouped = sorted(group_by_code(findings), key=_priority)
     present = {f.code for f in grouped}
     roots: list[Finding] = []
     attached: dict[str, list[Finding]] = {}
+
+    def explains(cause: Finding, effect: Finding) -> bool:
+        if cause.code in DYNAMIC and _at_start(effect):
+            return False  # nothing has trained yet: the effect is not the cause's doing
+        return effect.code in _explained(cause.code, present)
+
     for finding in grouped:
-        cause = next((r for r in roots if finding.code in _explained(r.code, present)), None)
+        cause = next((r for r in roots if explains(r, finding)), None)
         if cause is None:
             roots.append(finding)
             attached[finding.code] = []
@@ -136,7 +178,7 @@ def story(findings: Iterable[Finding | Mapping[str, Any]]) -> list[Finding]:
         cascade = (finding, *finding.consequences)
         return min(_SEVERITY_RANK.get(f.severity, 3) for f in cascade)
 
-    return sorted(told, key=lambda f: (severity(f), _rank(f.code), _step_key(f)))
+    return sorted(told, key=lambda f: (severity(f), *_priority(f)))
 
 
 def flatten(told: Iterable[Finding]) -> list[Finding]:

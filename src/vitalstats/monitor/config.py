@@ -26,7 +26,7 @@ class Thresholds:
     update_to_data_log10_low: float = -5.0  # log10 std(update)/std(weight), about -3 is healthy
     update_to_data_log10_high: float = -1.0  # SGD and other optimisers
     update_to_data_log10_high_adam: float = -0.5  # Adam-family steps are ~lr per element
-    update_min_samples: int = 3  # measured steps (a rolling window) before update:data is judged
+    min_samples: int = 3  # measured steps a rolling-window rule needs (update:data, vanishing)
     lr_loss_rise: float = 0.05  # loss median this fraction above its best: rising after its best
     lr_grad_growth: float = 10.0  # total gradient norm this many times its early median
     lr_min_improvement: float = 0.2  # with large updates, a loss improving less is stuck
@@ -36,12 +36,14 @@ class Thresholds:
     input_rms_high: float = 30.0  # largest per-feature rms of the input above this
     input_rms_spread: float = 1e3  # largest / smallest per-feature rms above this
     grad_not_zeroed_steps: int = 3  # optimiser steps whose gradient carried the previous one
-    logit_std_limit: float = 30.0  # std of the output layer's values above this
-    logit_growth: float = 3.0  # ... having grown this many times over the measured steps
+    logit_abs_limit: float = 30.0  # max |output-layer value| (logit) above this ...
+    logit_growth: float = 1.2  # ... and grown this much since the middle of the run
+    lr_weight_growth: float = 5.0  # median weight-matrix std this many times its first
     loss_spike_sigmas: float = 10.0  # (loss - rolling median) / robust step-to-step noise
     loss_spike_min_rise: float = 0.2  # and the loss is this fraction above the rolling median
     loss_spike_min_noise: float = 0.01  # noise floor, as a fraction of the rolling median
-    loss_window: int = 50  # losses in the rolling median / noise baseline
+    loss_window: int = 50  # losses the step-to-step noise is measured over
+    loss_level_window: int = 10  # losses whose median is the local level a spike is judged on
     loss_divergence_ratio: float = 2.0  # EWM mean / best EWM mean
     loss_warmup_steps: int = 20  # steps before spike/divergence checks start
     bn_min_values_per_channel: int = 8  # fewer values per channel -> BN_FEW_VALUES

@@ -36,10 +36,10 @@ def input_tensor(args: tuple, kwargs: dict | None) -> torch.Tensor | None:
 
 def upstream_layer(x: torch.Tensor, produced: dict[Any, str], max_hops: int = 12) -> str | None:
     """The weighted layer whose output reaches ``x`` through single-input operations only
-    (activations, normalisation, dropout, reshapes), found by walking ``x``'s autograd graph
-    back; None when a node with two non-leaf inputs (a residual sum, a concatenation, an
-    attention product) comes first, or nothing was recorded. Layers whose outputs are added
-    together are therefore not a depth chain."""
+    (activations, dropout, reshapes), found by walking ``x``'s autograd graph back; None when
+    a node with two non-leaf inputs (a residual sum, a concatenation, an attention product)
+    or a normalisation (which resets the scale) comes first, or nothing was recorded. Layers
+    whose outputs are added together are therefore not a depth chain."""
     node = x.grad_fn
     for _ in range(max_hops):
         if node is None:
@@ -47,6 +47,8 @@ def upstream_layer(x: torch.Tensor, produced: dict[Any, str], max_hops: int = 12
         found = produced.get(node)
         if found is not None:
             return found
+        if "Norm" in type(node).__name__:  # a normalisation resets the scale: no chain
+            return None
         inputs = [
             n
             for n, _ in node.next_functions
@@ -140,6 +142,7 @@ class Hooks:
         sentinel = probes.can_create_nonfinite(layer)
         batchnorm = bn.is_batchnorm(layer)
         chained = kind == "weighted" and not probes.is_embedding(layer)
+        normalises = "Norm" in type(layer).__name__
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if name not in s.seen_layers:
@@ -165,7 +168,7 @@ class Hooks:
                 )
                 for field, value, rule in entries:
                     acc.add(name, field, value, rule)
-                self._link(name, args, y, chained)
+                self._link(name, args, y, chained, normalises)
             if d.nonfinite and sentinel:  # the summary's centre is non-finite iff the output is
                 value = entries[0][1][1] if summarised else probes.nonfinite_sentinel(detached)
                 acc.add(name, probes.NONFINITE, value, "sum")
@@ -187,7 +190,7 @@ class Hooks:
 
         return hook
 
-    def _link(self, name: str, args: tuple, y: torch.Tensor, chained: bool) -> None:
+    def _link(self, name: str, args: tuple, y: torch.Tensor, chained: bool, is_norm: bool) -> None:
         """Record which weighted layer feeds this one (for the depth trend): through the
         autograd graph when gradients flow, else (a no_grad forward, as in ``vs.lint``)
         through the very tensor objects leaf modules pass on."""
@@ -197,8 +200,8 @@ class Hooks:
         x = probes.first_tensor(args)
         passed = s.passed_on.get(id(x)) if x is not None else None
         upstream = passed[1] if passed is not None and passed[0]() is x else None
-        if not chained:  # an activation, norm or dropout passes its upstream layer on
-            if upstream is not None:
+        if not chained:  # an activation or dropout passes its upstream layer on; a norm not
+            if upstream is not None and not is_norm:
                 s.passed_on[id(y)] = (weakref.ref(y), upstream)
             return
         if x is not None and x.grad_fn is not None:

@@ -70,6 +70,8 @@ class Diagnoser:
     def observe(self, m: StepMetrics) -> None:
         """Run every per-step rule on one step (adds loss_ewm_*, loss_median/noise)."""
         self.signals.record(m)
+        if not self.ctx.poisoned(m.step):
+            self.signals.record_weights(m, self.ctx.matrices())
         for rule in self._step_rules:
             rule.observe(m, self.ctx)
 

@@ -31,57 +31,76 @@ def depth_chains(ctx: RunContext) -> list[list[str]]:
 
 class ActivationRule:
     def __init__(self) -> None:
-        self.head_stds: list[tuple[int, float]] = []
+        self.head_values: list[tuple[int, float]] = []  # (step, max |logit|)
 
     def observe(self, m: StepMetrics, ctx: RunContext) -> None:
         if ctx.poisoned(m.step):
             return
         self._logits(m, ctx)
         t = ctx.thresholds
+        first_relu_dead = False
         for layer in ctx.forward_order:
             saturated = m.scalars.get((layer, r.ACT_SATURATED_FRACTION))
-            if saturated is not None and saturated > t.saturated_fraction:
-                ctx.add(
-                    "ACT_SATURATED", layer, m.step,
-                    f"{saturated:.1%} of outputs have |y| > {t.saturation_level} (tanh units; "
-                    f"threshold {t.saturated_fraction:.0%}); their gradient is nearly zero.",
-                    "shrink the preceding layer's init (Xavier/Kaiming with the tanh gain 5/3), "
-                    "add a normalisation layer before the activation, lower the lr.",
-                )  # fmt: skip
+            if saturated is not None:
+                ctx.note("saturated_fraction", saturated)
+                if saturated > t.saturated_fraction:
+                    ctx.add(
+                        "ACT_SATURATED", layer, m.step,
+                        f"{saturated:.1%} of outputs have |y| > {t.saturation_level} (tanh "
+                        f"units; threshold {t.saturated_fraction:.0%}); their gradient is "
+                        "nearly zero.",
+                        "shrink the preceding layer's init (Xavier/Kaiming with the tanh gain "
+                        "5/3), add a normalisation layer before the activation, lower the lr.",
+                    )  # fmt: skip
             dead = m.scalars.get((layer, r.ACT_DEAD_FRACTION))
             seen = m.flags.get((layer, "values_per_unit"), 0.0)  # tiny batches: zero by chance
-            if dead is not None and dead > t.dead_fraction and seen >= t.dead_min_values:
-                ctx.add(
-                    "DEAD_RELU", layer, m.step,
-                    f"{dead:.1%} of units output zero for the whole batch (threshold "
-                    f"{t.dead_fraction:.0%}); they get no gradient.",
-                    "lower the learning rate, use Kaiming init and a non-negative bias init, "
-                    "or LeakyReLU/GELU.",
-                )  # fmt: skip
-        self._depth(m, ctx)
+            if dead is not None and seen >= t.dead_min_values:
+                ctx.note("dead_fraction", dead)
+                if dead > t.dead_fraction:
+                    first_relu_dead = first_relu_dead or layer == self._first_relu(m, ctx)
+                    ctx.add(
+                        "DEAD_RELU", layer, m.step,
+                        f"{dead:.1%} of units output zero for the whole batch (threshold "
+                        f"{t.dead_fraction:.0%}); they get no gradient.",
+                        "lower the learning rate, use Kaiming init and a non-negative bias "
+                        "init, or LeakyReLU/GELU.",
+                    )  # fmt: skip
+        if not first_relu_dead:  # dead first units shrink everything after them: not a depth trend
+            self._depth(m, ctx)
+
+    @staticmethod
+    def _first_relu(m: StepMetrics, ctx: RunContext) -> str | None:
+        return next((x for x in ctx.forward_order if (x, r.ACT_DEAD_FRACTION) in m.scalars), None)
 
     def _logits(self, m: StepMetrics, ctx: RunContext) -> None:
-        """LOGIT_GROWTH (Wortsman et al. 2023): the output layer's values grow step after step
-        until the softmax saturates; measured on the last weighted layer to run."""
+        """LOGIT_GROWTH (Wortsman et al. 2023): the output layer's values keep growing until
+        the softmax saturates; measured on the last weighted layer to run (the head)."""
         head = next((x for x in reversed(ctx.forward_order) if x in ctx.weighted_layers), None)
-        std = m.scalars.get((head, r.ACT_STD)) if head is not None else None
-        if std is None or not math.isfinite(std):
+        if head is None:
             return
-        self.head_stds.append((m.step, std))
+        low, high = m.scalars.get((head, r.ACT_MIN)), m.scalars.get((head, r.ACT_MAX))
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+            return
+        value = max(-low, high)
+        self.head_values.append((m.step, value))
+        ctx.note("logit_abs_max", value)
         t = ctx.thresholds
-        first = self.head_stds[0][1]
-        if len(self.head_stds) >= 3 and std > t.logit_std_limit and std > t.logit_growth * first:
-            stds = [s for _, s in self.head_stds[-3:]]
-            if stds[0] < stds[1] < stds[2]:
-                ctx.add(
-                    "LOGIT_GROWTH", head, m.step,
-                    f"the output layer's values keep growing: std {first:.3g} at step "
-                    f"{self.head_stds[0][0]} -> {std:.3g} now (threshold {t.logit_std_limit:g}, "
-                    f"and {t.logit_growth:g}x growth); the softmax saturates and the loss stops "
-                    "responding to the logits.",
-                    "add a z-loss (1e-4 * logsumexp(logits)^2), a final normalisation before the "
-                    "head, weight decay on the head, or lower the learning rate.",
-                )  # fmt: skip
+        values = [v for _, v in self.head_values]
+        if len(values) < 4 or value < t.logit_abs_limit:
+            return
+        middle = values[len(values) // 2]
+        rising = values[-3] < values[-2] < values[-1]
+        if rising and value > t.logit_growth * middle:
+            first_step, first = self.head_values[0]
+            ctx.add(
+                "LOGIT_GROWTH", head, m.step,
+                f"the output layer's values keep growing: max |logit| {first:.3g} at step "
+                f"{first_step}, {middle:.3g} mid-run, {value:.3g} now (threshold "
+                f"{t.logit_abs_limit:g}, still rising); the softmax saturates and the loss stops "
+                "responding to the logits.",
+                "add a z-loss (1e-4 * logsumexp(logits)^2), a final normalisation before the head, "
+                "weight decay on the head, or lower the learning rate.",
+            )  # fmt: skip
 
     def _depth(self, m: StepMetrics, ctx: RunContext) -> None:
         t = ctx.thresholds
@@ -102,6 +121,9 @@ class ActivationRule:
                 continue
             ratio = hidden[-1][1] / hidden[0][1]
             per_layer = ratio ** (1.0 / (len(hidden) - 1))  # geometric mean per layer
+            ctx.note(
+                "depth_per_layer_log10", abs(math.log10(per_layer)) if per_layer > 0 else math.inf
+            )
             limit, per_limit = t.depth_std_ratio, t.per_layer_std_ratio
             too_far = len(hidden) >= 3 and (ratio > limit or ratio < 1 / limit)
             too_steep = per_layer > per_limit or per_layer < 1 / per_limit

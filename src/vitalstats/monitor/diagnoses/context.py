@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -75,6 +76,7 @@ class RunContext:
     links: dict[str, str] = field(default_factory=dict)
     optimizer_family: str = "none"
     nonfinite_step: int | None = None  # first step with a NaN/Inf anywhere (input, layer, loss)
+    evidence: dict[str, float] = field(default_factory=dict)  # the extremes each rule judged
 
     def poisoned(self, step: int) -> bool:
         """True from the first non-finite step on: a symptom measured on NaN/Inf values
@@ -83,6 +85,19 @@ class RunContext:
 
     def matrices(self) -> set[str]:
         return {name for name, role in self.parameter_roles.items() if role == "matrix"}
+
+    def note(self, name: str, value: float, worst: str = "max") -> None:
+        """Keep the most extreme value a rule judged (``worst`` "max" or "min"): what the
+        thresholds are calibrated against (benchmarks/pathologies, docs/monitor.md)."""
+        if not math.isfinite(value):
+            return
+        old = self.evidence.get(name)
+        if old is None or (value > old if worst == "max" else value < old):
+            self.evidence[name] = value
+
+    def found_at_start(self, *codes: str) -> bool:
+        """One of ``codes`` was found at step 0, before any update (an initialisation fact)."""
+        return any(f.code in codes and f.step == 0 for f in self.log.all())
 
     def add(self, code: str, layer: str, step: int | None, message: str, fix: str) -> bool:
         return self.log.add(make_finding(code, layer, step, message, fix))

@@ -1,8 +1,17 @@
-"""Rules on gradient norms: exploding totals, vanishing weight matrices."""
+"""Rules on gradient norms: exploding totals, vanishing weight matrices.
+
+A weight matrix's gradient is judged "vanishing" on the median, over its last measured steps
+(at least ``update_min_samples``), of its norm over the largest weight matrix's norm at the
+same step: never on one sample, so a transient of the first steps (attention query/key
+gradients are tiny while the attention is still uniform) is not a pathology.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict, deque
+
+import numpy as np
 
 from vitalstats.monitor import registry as r
 from vitalstats.monitor.diagnoses.context import RunContext
@@ -10,18 +19,24 @@ from vitalstats.monitor.metrics import StepMetrics
 
 
 class GradientRule:
+    def __init__(self) -> None:
+        self.ratios: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=5))
+
     def observe(self, m: StepMetrics, ctx: RunContext) -> None:
         if ctx.poisoned(m.step):
             return
         t = ctx.thresholds
         total = m.scalars.get(("", r.GRAD_NORM_TOTAL))
-        if total is not None and math.isfinite(total) and total > t.exploding_grad_norm:
-            ctx.add(
-                "GRAD_EXPLODING", "", m.step,
-                f"total gradient L2 norm is {total:.4g} (threshold {t.exploding_grad_norm:g}).",
-                "clip gradients (clip_grad_norm_), lower the learning rate, and check the "
-                "initialisation (vs.init) and missing normalisation layers.",
-            )  # fmt: skip
+        if total is not None and math.isfinite(total):
+            ctx.note("grad_norm_total", total)
+            if total > t.exploding_grad_norm:
+                ctx.add(
+                    "GRAD_EXPLODING", "", m.step,
+                    f"total gradient L2 norm is {total:.4g} (threshold "
+                    f"{t.exploding_grad_norm:g}).",
+                    "clip gradients (clip_grad_norm_), lower the learning rate, and check the "
+                    "initialisation (vs.init) and missing normalisation layers.",
+                )  # fmt: skip
         matrices = ctx.matrices()
         norms = {
             layer: value
@@ -31,14 +46,24 @@ class GradientRule:
         if len(norms) < 2:
             return
         largest = max(norms.values())
+        if largest <= 0:
+            return
         for layer in ctx.parameter_order:
             norm = norms.get(layer)
-            if norm is not None and largest > 0 and norm < t.vanishing_grad_ratio * largest:
+            if norm is None:
+                continue
+            samples = self.ratios[layer]
+            samples.append(norm / largest)
+            if len(samples) < t.min_samples:
+                continue
+            ratio = float(np.median(samples))
+            ctx.note("grad_vanishing_ratio", ratio, worst="min")
+            if ratio < t.vanishing_grad_ratio:
                 ctx.add(
                     "GRAD_VANISHING", layer, m.step,
                     f"gradient norm {norm:.3g} is {norm / largest:.2g}x the largest weight "
-                    f"gradient norm {largest:.3g} (threshold {t.vanishing_grad_ratio:g}x).",
-                    "use ReLU-family activations with Kaiming init (vs.init), add "
-                    "normalisation layers or residual connections; avoid deep sigmoid/tanh "
-                    "stacks.",
+                    f"gradient norm {largest:.3g} (median {ratio:.2g}x over the last "
+                    f"{len(samples)} measured steps; threshold {t.vanishing_grad_ratio:g}x).",
+                    "use ReLU-family activations with Kaiming init (vs.init), add normalisation "
+                    "layers or residual connections; avoid deep sigmoid/tanh stacks.",
                 )  # fmt: skip

@@ -8,10 +8,15 @@ The evidence, each a host-side reading of histories the other rules keep:
   ``lr_loss_rise`` above the lowest such median so far, or ``LOSS_DIVERGENCE``; or the loss
   barely improving (less than ``lr_min_improvement`` of its starting median);
 * gradients growing: the total gradient norm ``lr_grad_growth`` times its early median;
+* the weights travelling far: the median weight matrix's std ``lr_weight_growth`` times its
+  first measured value (Adam at 50x a sane lr rewrites GPT-2's weights 10-20x in 50 steps,
+  while its loss still falls);
 * the run turning non-finite from finite data (not ``NONFINITE_INPUT``).
 
-Large updates together with a rising loss or growing gradients name the learning rate;
-so does a run that turns non-finite after its loss rose or its gradients grew. Each alone
+Large updates together with a rising loss or growing gradients name the learning rate, as
+does weight growth alone, or a run that turns non-finite after its loss rose or its
+gradients grew. Gradients that exploded at step 0 (before any update) or an activation std
+trend at initialisation name the initialisation instead: the learning rate is not named. Each alone
 is left to its own finding (a spike, a plateau, an exploding norm), which the story then
 hangs under LR_TOO_HIGH when both are present.
 """
@@ -47,8 +52,14 @@ class LearningRateRule:
         return (first - last) / first if first > 0 else None
 
     def observe_window(self, step: int, ctx: RunContext) -> None:
+        growth_series = self.signals.weight_growth
+        weight_growth = max(growth_series.values) if growth_series.values else None
+        if weight_growth is not None:
+            ctx.note("weight_growth", weight_growth)
         if ctx.has("LR_TOO_HIGH") or ctx.has("NONFINITE_INPUT"):
             return
+        if ctx.found_at_start("GRAD_EXPLODING", "ACT_STD_DEPTH"):
+            return  # exploding before any update: the initialisation, not the learning rate
         t = ctx.thresholds
         evidence: list[str] = []
         high = self.updates.high_layers(ctx)
@@ -77,7 +88,13 @@ class LearningRateRule:
                 f"updates are large: median log10 update:data {median:.2f} on {layer}"
                 + (f" and {len(high) - 1} more weight(s)" if len(high) > 1 else "")
             )
-        finite_case = bool(high) and (rising or growing)
+        travelled = weight_growth is not None and weight_growth >= t.lr_weight_growth
+        if travelled:
+            evidence.append(
+                f"the weights travelled far: the median weight matrix's std is "
+                f"{weight_growth:.3g}x its first measured value"
+            )
+        finite_case = (bool(high) and (rising or growing)) or travelled
         blew_up = nonfinite is not None and (rising or growing or bool(high))
         if not (finite_case or blew_up):
             return

@@ -47,9 +47,12 @@ class LossHistory:
         return len(self.values)
 
 
-def _baselines(previous: np.ndarray, new: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(median, robust noise) of the up to ``window`` losses before each of ``new``,
-    computed for the whole flush window at once (``previous`` are the losses before it)."""
+def _baselines(
+    previous: np.ndarray, new: np.ndarray, window: int, level: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``new``: the median of the ``level`` losses before it (the local level,
+    which follows a fast descent) and the robust noise of the up to ``window`` losses before
+    it, computed for the whole flush window at once (``previous``: the losses before it)."""
     series = np.concatenate([previous, new])
     medians = np.full(new.size, np.nan)
     noises = np.full(new.size, np.nan)
@@ -57,13 +60,13 @@ def _baselines(previous: np.ndarray, new: np.ndarray, window: int) -> tuple[np.n
     while first < new.size and previous.size + first < window:  # a run's first steps
         end = previous.size + first
         if end >= 3:
-            medians[first] = np.median(series[:end])
+            medians[first] = np.median(series[max(0, end - level) : end])
             noises[first] = robust_noise(series[:end])
         first += 1
     if first < new.size:  # row k is the window before new[first + k]
         start = previous.size + first - window
         windows = np.lib.stride_tricks.sliding_window_view(series[start:-1], window)
-        medians[first:] = np.median(windows, axis=1)
+        medians[first:] = np.median(windows[:, -level:], axis=1)
         diffs = np.diff(windows, axis=1)
         spread = np.median(np.abs(diffs - np.median(diffs, axis=1, keepdims=True)), axis=1)
         noises[first:] = _MAD_TO_STD * spread / math.sqrt(2.0)
@@ -93,7 +96,7 @@ class LossRule:
         t = ctx.thresholds
         previous = self.history.array()[-self.window :]
         new = np.asarray([loss for _, loss in steps])
-        medians, noises = _baselines(previous, new, self.window)
+        medians, noises = _baselines(previous, new, self.window, t.loss_level_window)
         for (m, loss), median, noise in zip(steps, medians, noises):
             if math.isfinite(median):
                 m.scalars[("", r.LOSS_MEDIAN)], m.scalars[("", r.LOSS_NOISE)] = median, noise
@@ -101,12 +104,14 @@ class LossRule:
                 z = (loss - median) / floor
                 warm = len(self.history) >= t.loss_warmup_steps
                 rise = loss - median > t.loss_spike_min_rise * abs(median)
+                if warm and not ctx.poisoned(m.step) and rise:
+                    ctx.note("loss_spike_z", z)
                 if warm and z > t.loss_spike_sigmas and rise and not ctx.poisoned(m.step):
                     ctx.add(
                         "LOSS_SPIKE", "", m.step,
                         f"loss {loss:.4g} is {z:.1f} noise units above the median {median:.4g} "
-                        f"of the previous {min(len(self.history), self.window)} steps (robust "
-                        f"step-to-step noise {noise:.3g}; threshold {t.loss_spike_sigmas}).",
+                        f"of the previous {t.loss_level_window} steps (robust step-to-step "
+                        f"noise {noise:.3g}; threshold {t.loss_spike_sigmas}).",
                         "look for a bad batch at this step (corrupt sample, wrong labels, an "
                         "unnormalised input); if spikes recur lower the learning rate, add "
                         "warm-up or clip gradients.",
@@ -124,6 +129,7 @@ class LossRule:
             return
         if ewm_mean > 0 and 0 < self.best_ewm < math.inf:
             ratio = ewm_mean / self.best_ewm
+            ctx.note("loss_divergence_ratio", ratio)
             if ratio > t.loss_divergence_ratio:
                 ctx.add(
                     "LOSS_DIVERGENCE", "", m.step,
@@ -167,6 +173,8 @@ class PlateauRule:
         error = math.hypot(level_error(start), level_error(end))
         improvement = level_start - level_end
         small = improvement < t.plateau_min_improvement * abs(level_start)
+        if level_start:
+            ctx.note("plateau_improvement", improvement / abs(level_start), worst="min")
         if improvement < t.plateau_sigmas * error and small:
             ctx.add(
                 "LOSS_PLATEAU", "", step,

@@ -38,6 +38,20 @@ class Signals:
         default_factory=lambda: defaultdict(lambda: deque(maxlen=5))
     )
     max_lr: float = 0.0
+    first_weight_std: dict[str, float] = field(default_factory=dict)
+    weight_growth: Series = field(default_factory=Series)  # median over weight matrices
+
+    def record_weights(self, m: StepMetrics, matrices: set[str]) -> None:
+        """The median, over weight matrices, of weight_std now / at its first measurement."""
+        growth = []
+        for (layer, metric), value in m.scalars.items():
+            if metric != r.WEIGHT_STD or layer not in matrices or not math.isfinite(value):
+                continue
+            first = self.first_weight_std.setdefault(layer, value)
+            if first > 0:
+                growth.append(value / first)
+        if growth:
+            self.weight_growth.add(m.step, float(np.median(growth)))
 
     def record(self, m: StepMetrics) -> None:
         loss = m.scalars.get(("", r.LOSS))

@@ -75,6 +75,9 @@ class InputScaleRule:
         if high is None or low is None or ctx.poisoned(m.step):
             return
         t = ctx.thresholds
+        ctx.note("input_rms_max", high)
+        if low > 0:
+            ctx.note("input_rms_spread", high / low)
         problems = []
         if high > t.input_rms_high:
             problems.append(

@@ -53,10 +53,14 @@ class UpdateRule:
         lr = self.signals.lr_at(step)
         full_lr = lr is None or lr >= _WARMUP_LR_SHARE * self.signals.max_lr
         for layer, samples in self.signals.update_ratios.items():
-            if len(samples) < t.update_min_samples or samples[-1][0] != step:
+            if len(samples) < t.min_samples or samples[-1][0] != step:
                 continue
             values = [v for _, v in samples]
             median = float(np.median(values))
+            family = ctx.optimizer_family
+            ctx.note(f"update_to_data_log10_median_max[{family}]", median)
+            if full_lr:
+                ctx.note(f"update_to_data_log10_median_min[{family}]", median, worst="min")
             if median < t.update_to_data_log10_low and full_lr:
                 shown = "-inf (no change)" if median == -math.inf else f"{median:.2f}"
                 ctx.add(
