@@ -44,7 +44,8 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
 EVIDENCE_THRESHOLDS: dict[str, tuple[str, str]] = {
     # evidence key: (threshold field, direction of "worse": max or min)
     "grad_norm_total": ("exploding_grad_norm", "max"),
-    "grad_vanishing_ratio": ("vanishing_grad_ratio", "min"),
+    "grad_vanishing_ratio[other]": ("vanishing_grad_ratio", "min"),
+    "grad_vanishing_ratio[adam]": ("vanishing_grad_ratio_adam", "min"),
     "saturated_fraction": ("saturated_fraction", "max"),
     "dead_fraction": ("dead_fraction", "max"),
     "depth_per_layer_log10": ("per_layer_std_ratio", "max"),

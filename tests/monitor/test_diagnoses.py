@@ -517,7 +517,7 @@ def test_logits_growing_without_bound():
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # separable data: the logits keep growing
     config = MonitorConfig(activations_every=10, flush_every=50)
-    found = _loop(model, opt, 200, data=list(_teacher_batches(200)), config=config)
+    found = _loop(model, opt, 600, data=list(_teacher_batches(600)), config=config)
     assert "LOGIT_GROWTH" in codes(found) and "LR_TOO_HIGH" not in codes(found)
 
 

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitalstats.monitor.recorder import StepAccumulator, gather
 from vitalstats.monitor.metrics import finalize
+from vitalstats.monitor.recorder import StepAccumulator, gather
 from vitalstats.stats.summary import raw_summary
 
 

@@ -61,10 +61,28 @@ class VanishingMlpSigmoid(FlatDigitsCase):
 
 
 @register
+class VanishingMlpSigmoidAdam(VanishingMlpSigmoid):
+    name = "vanishing_mlp_sigmoid_16_layers_adam"
+    arch = "MLP 16 x Linear(64)-Sigmoid"
+    summary = "16 sigmoid layers, torch default init, Adam lr 1e-3"
+
+    def setup(self) -> None:
+        self.data()
+        self.model = mlp((64,) * 16 + (10,), activation=nn.Sigmoid)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def prove(self, losses: list[float]) -> Proof:
+        return at_most(
+            "first/last layer weight-gradient norm at init", first_over_last(self.norms), 1e-6
+        )
+
+
+@register
 class VanishingCnnSigmoid(Case):
     name = "vanishing_cnn_sigmoid_8_layers"
     arch = "CNN 8 x conv3x3(16)-Sigmoid"
     category = "vanishing_gradients"
+    also_root = ("ACT_SATURATED",)  # its sigmoids saturate: the mechanism of the vanishing
     summary = "8 sigmoid conv layers, torch default init, SGD momentum 0.9 lr 0.05"
 
     def setup(self) -> None:

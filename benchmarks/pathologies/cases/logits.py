@@ -1,6 +1,10 @@
 """Output logits that keep growing: a character model fine-tuned for many epochs on a tiny
-set (two batches), with an untied GPT-2 head at a high lr, or a TransformerEncoder without a
-final norm."""
+set (two batches) with an untied output head whose learning rate is far above the body's
+(GPT-2, and a TransformerEncoder): the logits grow past 100 and keep growing. The planted
+cause is the head's learning rate, so ``LR_TOO_HIGH`` is an equally correct root.
+
+A confident healthy classifier reaches max |logit| of about 30 on these data sets (the
+benchmark's calibration table), so the bar is 100 and still growing."""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ class TinySetCase(CharCase):
     """Batches cycle over ``distinct`` fixed batches of windows (a tiny fine-tuning set)."""
 
     category = "logit_growth"
+    also_root = ("LR_TOO_HIGH",)  # the head's learning rate is the planted cause
     distinct = 2
+    head_lr = 0.5
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
@@ -36,11 +42,11 @@ class TinySetCase(CharCase):
         ids, _ = self.windows(0)
         with torch.no_grad():
             end_max = float(self.logits(ids).abs().max())
-        holds = end_max >= 25 and end_max > self.mid_max
+        holds = end_max >= 100 and end_max > self.mid_max
         return Proof(
             f"max |logit| at the end (at mid-run: {self.mid_max:.1f})",
             end_max,
-            ">= 25 and still growing",
+            ">= 100 and still growing",
             holds,
         )
 
@@ -49,7 +55,7 @@ class TinySetCase(CharCase):
 class LogitGrowthGpt2(TinySetCase):
     name = "logit_growth_gpt2_untied_head_high_lr"
     arch = "GPT-2 (transformers), untied head"
-    summary = "32 sequences for 300 steps; AdamW wd 0, body lr 1e-3, untied lm_head lr 5e-2"
+    summary = "32 sequences for 300 steps; AdamW wd 0, body lr 1e-3, untied lm_head lr 0.5"
 
     def setup(self) -> None:
         self.data()
@@ -57,7 +63,7 @@ class LogitGrowthGpt2(TinySetCase):
         head = list(self.model.lm_head.parameters())
         body = [p for n, p in self.model.named_parameters() if not n.startswith("lm_head")]
         self.optimizer = torch.optim.AdamW(
-            [{"params": body, "lr": 1e-3}, {"params": head, "lr": 5e-2}], weight_decay=0.0
+            [{"params": body, "lr": 1e-3}, {"params": head, "lr": self.head_lr}], weight_decay=0.0
         )
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -66,13 +72,15 @@ class LogitGrowthGpt2(TinySetCase):
 
 @register
 class LogitGrowthEncoder(TinySetCase):
-    name = "logit_growth_transformer_encoder_no_final_norm"
-    arch = "nn.TransformerEncoder char model, no final norm"
-    summary = (
-        "32 sequences for 300 steps; pre-norm encoder without the final LayerNorm, Adam lr 1e-2"
-    )
+    name = "logit_growth_transformer_encoder_head_high_lr"
+    arch = "nn.TransformerEncoder char model"
+    summary = "32 sequences for 300 steps; Adam, body lr 1e-3, output head lr 0.5"
 
     def setup(self) -> None:
         self.data()
-        self.model = CharTransformer(final_norm=False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
+        self.model = CharTransformer()
+        head = list(self.model.head.parameters())
+        body = [p for n, p in self.model.named_parameters() if not n.startswith("head")]
+        self.optimizer = torch.optim.Adam(
+            [{"params": body, "lr": 1e-3}, {"params": head, "lr": self.head_lr}]
+        )

@@ -3,19 +3,25 @@
 Every schedule is "measure at optimiser steps where ``step % every == 0``"; ``every=0``
 switches a probe off. The defaults keep the overhead within 3% of a plain training step
 (see benchmarks/monitor_overhead.py); ``MonitorConfig.everything()`` measures all of it on
-every step.
+every step. ``kernels="compiled"`` computes the statistics with ``torch.compile``d kernels
+(``vitalstats.stats.kernels``): fewer passes over memory, a compile of a few seconds at the
+first measured step, an eager fallback with one warning where compiling is impossible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Named thresholds of the diagnoses (docs/monitor.md has the table of codes)."""
 
-    vanishing_grad_ratio: float = 1e-4  # weight grad norm / largest weight grad norm
+    vanishing_grad_ratio: float = 1e-4  # weight grad norm / largest weight grad norm (SGD ...)
+    vanishing_grad_ratio_adam: float = (
+        1e-6  # Adam-family: per-element steps keep small grads moving
+    )
     exploding_grad_norm: float = 1e3  # total L2 gradient norm
     saturated_fraction: float = 0.2  # fraction of tanh-like outputs with |y| > saturation_level
     saturation_level: float = 0.97  # makemore's threshold on |tanh|
@@ -23,7 +29,7 @@ class Thresholds:
     dead_min_values: int = 16  # values per unit in the step before dead units are judged
     depth_std_ratio: float = 10.0  # std(last hidden) / std(first) above this or below 1/this
     per_layer_std_ratio: float = 3.0  # geometric mean of that ratio per hidden weighted layer
-    update_to_data_log10_low: float = -5.0  # log10 std(update)/std(weight), about -3 is healthy
+    update_to_data_log10_low: float = -4.5  # log10 std(update)/std(weight), about -3 is healthy
     update_to_data_log10_high: float = -1.0  # SGD and other optimisers
     update_to_data_log10_high_adam: float = -0.5  # Adam-family steps are ~lr per element
     min_samples: int = 3  # measured steps a rolling-window rule needs (update:data, vanishing)
@@ -36,8 +42,8 @@ class Thresholds:
     input_rms_high: float = 30.0  # largest per-feature rms of the input above this
     input_rms_spread: float = 1e3  # largest / smallest per-feature rms above this
     grad_not_zeroed_steps: int = 3  # optimiser steps whose gradient carried the previous one
-    logit_abs_limit: float = 30.0  # max |output-layer value| (logit) above this ...
-    logit_growth: float = 1.2  # ... and grown this much since the middle of the run
+    logit_abs_limit: float = 50.0  # max |output-layer value| (logit) above this ...
+    logit_growth: float = 1.05  # ... and still growing: this much above its value mid-run
     lr_weight_growth: float = 5.0  # median weight-matrix std this many times its first
     loss_spike_sigmas: float = 10.0  # (loss - rolling median) / robust step-to-step noise
     loss_spike_min_rise: float = 0.2  # and the loss is this fraction above the rolling median
@@ -77,6 +83,7 @@ class MonitorConfig:
     histogram_max_values: int | None = 8192  # strided sample per tensor; None = all values
     loss_ewm_beta: float = 0.98
     history_steps: int = 1000  # flushed StepMetrics kept in Monitor.history
+    kernels: Literal["eager", "compiled"] = "eager"  # "compiled": torch.compile'd statistics
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -88,6 +95,10 @@ class MonitorConfig:
                 )
         if self.flush_every < 1:
             raise ValueError(f"MonitorConfig.flush_every: expected >= 1, got {self.flush_every}")
+        if self.kernels not in ("eager", "compiled"):
+            raise ValueError(
+                f"MonitorConfig.kernels: expected 'eager' or 'compiled', got {self.kernels!r}"
+            )
         if not 0.0 < self.loss_ewm_beta < 1.0:
             raise ValueError(
                 f"MonitorConfig.loss_ewm_beta: expected 0 < beta < 1, got {self.loss_ewm_beta}"

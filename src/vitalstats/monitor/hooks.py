@@ -22,6 +22,7 @@ from vitalstats.monitor import norm_layers as bn
 from vitalstats.monitor import probes
 from vitalstats.monitor.parameters import ParameterProbe, local_view
 from vitalstats.monitor.state import MeasureState
+from vitalstats.stats.kernels import summary_kernel
 
 _MAX_INPUT_FEATURES = 4096  # wider inputs (token embeddings fed as floats) are not profiled
 
@@ -81,6 +82,7 @@ class Hooks:
         trainable = [p for _, p in parameters.named]
         self._sentinel = min(trainable, key=lambda p: p.numel()) if trainable else None
         self._grad_at_step: tuple[torch.Tensor, int] | None = None
+        self._summary = summary_kernel(state.config.kernels)
 
     # ----------------------------------------------------------------------------- life cycle
     def attach(self) -> None:
@@ -164,7 +166,7 @@ class Hooks:
                 unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
                 level = config.thresholds.saturation_level
                 entries = probes.activation_entries(
-                    detached, kind, unit_dim, level, config.histogram_max_values
+                    detached, kind, unit_dim, level, config.histogram_max_values, self._summary
                 )
                 for field, value, rule in entries:
                     acc.add(name, field, value, rule)
@@ -227,7 +229,7 @@ class Hooks:
 
     def _output_grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
-            for field, value, rule in probes.output_grad_entries(grad.detach()):
+            for field, value, rule in probes.output_grad_entries(grad.detach(), self._summary):
                 self.state.acc.add(name, field, value, rule)
 
         return hook

@@ -128,7 +128,9 @@ class Monitor:
         self._stopping: list[Finding] = []
         self.inner, self.compiled = unwrap(model)
         self.layers = select_layers(self.inner, include, exclude, types)
-        self.parameters = ParameterProbe(select_parameters(self.inner, include, exclude))
+        self.parameters = ParameterProbe(
+            select_parameters(self.inner, include, exclude), self.config.kernels
+        )
         kinds = {name: layer_kind(m) for name, m in self.layers}
         self.state = MeasureState(self.config, kinds, lint=_lint)
         self._batchnorms = [(n, m) for n, m in self.layers if is_batchnorm(m)]

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from vitalstats.monitor.recorder import Rule, StepAccumulator
-from vitalstats.optim.moment_stats import adam_entries, moment_sums
+from vitalstats.optim.moment_stats import adam_entries, moment_sums, tensor_sums_kernel
+from vitalstats.stats.kernels import summary_kernel
 from vitalstats.stats.summary import raw_summary
 
 # Raw fields, one packed tensor per parameter group and step (metrics.py names them).
@@ -104,8 +105,12 @@ def parse_field(name: str) -> tuple[str, int] | None:
 class ParameterProbe:
     """Measures the named parameters it is given (those with ``requires_grad``)."""
 
-    def __init__(self, named_parameters: list[tuple[str, nn.Parameter]]) -> None:
+    def __init__(
+        self, named_parameters: list[tuple[str, nn.Parameter]], kernels: str = "eager"
+    ) -> None:
         self.named = named_parameters
+        self._summary = summary_kernel(kernels)  # type: ignore[arg-type]
+        self._adam_kernel = tensor_sums_kernel(kernels)
         self.numel = {name: p.numel() for name, p in named_parameters}
         by_layout: dict[tuple[int, ...], ParameterGroup] = {}
         for name, p in named_parameters:
@@ -148,14 +153,14 @@ class ParameterProbe:
             self._buffers[key] = buffers
         return buffers
 
-    @staticmethod
-    def _summaries(tensors: list[torch.Tensor | None], extremes: bool) -> torch.Tensor:
+    def _summaries(self, tensors: list[torch.Tensor | None], extremes: bool) -> torch.Tensor:
         """(P, 7) raw summaries (no NaN/Inf count: a non-finite tensor shows in its norm); a
         missing gradient is an empty row."""
         device = next(t.device for t in tensors if t is not None)
         empty = raw_summary(torch.zeros(0, device=device))
+        summary = self._summary
         rows = [
-            empty if t is None else raw_summary(t, extremes=extremes, count_nonfinite=False)
+            empty if t is None else summary(t, extremes=extremes, count_nonfinite=False)
             for t in tensors
         ]
         return torch.stack(rows)
@@ -230,7 +235,9 @@ class ParameterProbe:
             if not mine:
                 continue
             workspace = self._adam_workspace(group)
-            sums = moment_sums(mine, local=local_view, workspace=workspace)
+            sums = moment_sums(
+                mine, local=local_view, workspace=workspace, kernel=self._adam_kernel
+            )
             acc.add("", field_name(ADAM, group), sums, group.rule("sum"), group.reduce_over,
                     tuple(watched[id(e.param)] for e in mine))  # fmt: skip
 

@@ -9,6 +9,7 @@ hooks decide *when* they run; ``metrics`` turns the flushed values into named me
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -100,14 +101,19 @@ def nonfinite_sentinel(y: torch.Tensor) -> torch.Tensor:
 
 
 def activation_entries(
-    y: torch.Tensor, kind: str, unit_dim: int, level: float, nonfinite_sample: int | None
+    y: torch.Tensor,
+    kind: str,
+    unit_dim: int,
+    level: float,
+    nonfinite_sample: int | None,
+    summary: Callable[..., torch.Tensor] = raw_summary,
 ) -> list[Entry]:
     """Raw summary of the output (its NaN/Inf count estimated from ``nonfinite_sample``
     values: exactly 0 when the output is finite); saturated count (tanh-like |y| > level,
     sigmoid-like |2y - 1| > level, the same cut in tanh units since sigmoid(x) =
     (1 + tanh(x/2)) / 2); per-unit 'alive' flags (ReLU family: a unit is dead when zero for
     the whole step)."""
-    entries: list[Entry] = [(ACT, raw_summary(y, nonfinite_sample=nonfinite_sample), "summary")]
+    entries: list[Entry] = [(ACT, summary(y, nonfinite_sample=nonfinite_sample), "summary")]
     if kind in ("tanh", "sigmoid"):
         work = work_like(y, y.dtype, "monitor.saturation")  # no page faults on CPU
         if kind == "tanh":
@@ -123,9 +129,11 @@ def activation_entries(
     return entries
 
 
-def output_grad_entries(grad: torch.Tensor) -> list[Entry]:
+def output_grad_entries(
+    grad: torch.Tensor, summary: Callable[..., torch.Tensor] = raw_summary
+) -> list[Entry]:
     """Summary of the gradient of the loss w.r.t. a layer's output (its std is reported)."""
-    return [(OUT_GRAD, raw_summary(grad, extremes=False, count_nonfinite=False), "summary")]
+    return [(OUT_GRAD, summary(grad, extremes=False, count_nonfinite=False), "summary")]
 
 
 def input_feature_entries(x: torch.Tensor) -> list[Entry]:

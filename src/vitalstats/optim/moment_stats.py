@@ -140,12 +140,47 @@ def _tensor_sums(
     return torch.stack([abs_sum.double(), sqrt_sum.double(), step_sq.double(), theta_sq.double()])
 
 
+def _tensor_sums_graph(m: Tensor, v: Tensor, theta: Tensor, eps_scaled: float) -> Tensor:
+    """``_tensor_sums`` as one traceable function (fused by ``torch.compile``)."""
+    dtype = torch.promote_types(m.dtype, torch.float32)
+    m, v, theta = m.to(dtype), v.to(dtype), theta.to(dtype)
+    root = v.sqrt()
+    step = m / (root + eps_scaled)
+    return torch.stack(
+        [m.abs().sum(), root.sum(), (step * step).sum(), (theta * theta).sum()]
+    ).double()
+
+
+_COMPILED_SUMS: Any = None
+
+
+def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
+    """The per-tensor sums of ``moment_sums``: the eager code, or (``"compiled"``) the same
+    maths compiled by ``torch.compile`` (see ``vitalstats.stats.kernels``)."""
+    global _COMPILED_SUMS
+    from vitalstats.stats.kernels import CompiledKernel, check_mode
+
+    if check_mode(mode) == "eager":
+        return _tensor_sums
+    if _COMPILED_SUMS is None:
+        _COMPILED_SUMS = CompiledKernel(
+            "Adam statistics", _tensor_sums_graph, lambda m, v, t, e: _tensor_sums(m, v, t, e, None)
+        )
+    kernel = _COMPILED_SUMS
+
+    def sums(m: Tensor, v: Tensor, theta: Tensor, eps: float, work: Tensor | None) -> Tensor:
+        return kernel(m, v, theta, eps)
+
+    return sums
+
+
 @torch.no_grad()
 def moment_sums(
     entries: list[AdamEntry],
     *,
     local: Callable[[Tensor], Tensor] = _identity,
     workspace: Callable[[int, Tensor], Tensor | None] | None = None,
+    kernel: Callable[..., Tensor] = _tensor_sums,
 ) -> Tensor:
     """Per-parameter sums of Adam's statistics, a float64 ``(P, 5)`` tensor on the first
     parameter's device, columns ``MOMENT_SUM_FIELDS``::
@@ -154,8 +189,9 @@ def moment_sums(
 
     over the elements ``local`` returns (identity by default; the monitor passes each
     DTensor's local shard, so shards' sums add up to the whole parameter's). ``workspace(i,
-    m)`` may return a reusable scratch tensor shaped like ``m`` for entry ``i``. No host read
-    but the CPU step counters."""
+    m)`` may return a reusable scratch tensor shaped like ``m`` for entry ``i``; ``kernel``
+    computes one tensor's sums (``tensor_sums_kernel``). No host read but the CPU step
+    counters."""
     if not entries:
         return torch.zeros((0, len(MOMENT_SUM_FIELDS)), dtype=torch.float64)
     device = local(entries[0].param).device
@@ -172,7 +208,7 @@ def moment_sums(
         c1, sqrt_c2 = 1 - beta1**t, (1 - beta2**t) ** 0.5
         work = workspace(index, m) if workspace is not None else None
         # m_hat / (sqrt(v_hat) + eps) = (sqrt_c2 / c1) * m / (sqrt(v) + eps * sqrt_c2)
-        sums = _tensor_sums(m, v, theta, float(entry.group["eps"]) * sqrt_c2, work)
+        sums = kernel(m, v, theta, float(entry.group["eps"]) * sqrt_c2, work)
         rows.append(torch.cat([sums.new_full((1,), float(m.numel())), sums]).to(device))
         scales.append((1.0 / c1, 1.0 / sqrt_c2, (sqrt_c2 / c1) ** 2, entry.group["lr"]))
     table = torch.stack(rows).to(torch.float64)

@@ -3,7 +3,10 @@
 A weight matrix's gradient is judged "vanishing" on the median, over its last measured steps
 (at least ``update_min_samples``), of its norm over the largest weight matrix's norm at the
 same step: never on one sample, so a transient of the first steps (attention query/key
-gradients are tiny while the attention is still uniform) is not a pathology.
+gradients are tiny while the attention is still uniform) is not a pathology. Adam-family
+optimisers divide each element's step by its own gradient scale, so a weight whose gradient
+is 1e-5 of the largest still moves at the learning rate (ConvNeXt's layer scale of 1e-6
+does this by design); their threshold is lower (``vanishing_grad_ratio_adam``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class GradientRule:
         largest = max(norms.values())
         if largest <= 0:
             return
+        adam = ctx.optimizer_family == "adam"
+        limit = t.vanishing_grad_ratio_adam if adam else t.vanishing_grad_ratio
         for layer in ctx.parameter_order:
             norm = norms.get(layer)
             if norm is None:
@@ -57,13 +62,13 @@ class GradientRule:
             if len(samples) < t.min_samples:
                 continue
             ratio = float(np.median(samples))
-            ctx.note("grad_vanishing_ratio", ratio, worst="min")
-            if ratio < t.vanishing_grad_ratio:
+            ctx.note(f"grad_vanishing_ratio[{'adam' if adam else 'other'}]", ratio, worst="min")
+            if ratio < limit:
                 ctx.add(
                     "GRAD_VANISHING", layer, m.step,
                     f"gradient norm {norm:.3g} is {norm / largest:.2g}x the largest weight "
                     f"gradient norm {largest:.3g} (median {ratio:.2g}x over the last "
-                    f"{len(samples)} measured steps; threshold {t.vanishing_grad_ratio:g}x).",
+                    f"{len(samples)} measured steps; threshold {limit:g}x for this optimiser).",
                     "use ReLU-family activations with Kaiming init (vs.init), add normalisation "
                     "layers or residual connections; avoid deep sigmoid/tanh stacks.",
                 )  # fmt: skip
