@@ -8,6 +8,8 @@ rounds in one process so machine noise hits every variant alike, on one CPU thre
   plain       no monitoring
   default     vs.Monitor at default settings (MonitorConfig())
   everything  vs.Monitor measuring everything every step (MonitorConfig.everything())
+  compiled    the same with torch.compile'd statistics kernels (kernels="compiled"; the
+              one-time compile happens in the untimed warm-up and is reported separately)
   tensorboard histograms of every weight and gradient each step with torch's SummaryWriter
               (what wandb.watch(log="all", log_freq=1) does)
 
@@ -101,8 +103,8 @@ def resnet():
 
 MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "gpt2": gpt2, "resnet": resnet}
 VARIANTS = {
-    "mlp": ("plain", "default", "everything", "tensorboard"),
-    "cnn": ("plain", "default", "everything", "tensorboard"),
+    "mlp": ("plain", "default", "everything", "compiled", "tensorboard"),
+    "cnn": ("plain", "default", "everything", "compiled", "tensorboard"),
     "gpt2": ("plain", "default"),
     "resnet": ("plain", "default"),
 }
@@ -120,10 +122,10 @@ class Variant:
         self.step_index = 0
         if kind == "default":
             self.monitor = vs.Monitor(self.model, optimizer=self.optimizer)
-        elif kind == "everything":
-            self.monitor = vs.Monitor(
-                self.model, optimizer=self.optimizer, config=MonitorConfig.everything()
-            )
+        elif kind in ("everything", "compiled"):
+            kernels = "compiled" if kind == "compiled" else "eager"
+            config = MonitorConfig.everything(kernels=kernels)
+            self.monitor = vs.Monitor(self.model, optimizer=self.optimizer, config=config)
         elif kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -158,9 +160,12 @@ def bench_model(name: str, steps: int, rounds: int, warmup: int, variants: tuple
     cpu_times: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as log_dir:
         runs = [Variant(kind, base, loss_fn, log_dir) for kind in variants]
-        for run in runs:  # untimed: first probes, allocations, lazy imports
+        warmup_s: dict[str, float] = {}
+        for run in runs:  # untimed: first probes, allocations, lazy imports, compiles
+            start = time.perf_counter()
             for _ in range(warmup):
                 run.step(batch)
+            warmup_s[run.kind] = time.perf_counter() - start
         for _ in range(rounds):  # alternate: each round runs every variant for per_round steps
             for run in runs:
                 for _ in range(per_round):
@@ -177,6 +182,7 @@ def bench_model(name: str, steps: int, rounds: int, warmup: int, variants: tuple
         "model": name,
         "parameters": sum(p.numel() for p in base.parameters()),
         "timed_steps_per_variant": len(times["plain"]),
+        "warmup_s": warmup_s,
         "mean_step_ms": {k: v * 1e3 for k, v in means.items()},
         "mean_ratio_to_plain": {k: means[k] / means["plain"] for k in variants},
         "median_step_ms": {k: v * 1e3 for k, v in medians.items()},

@@ -111,3 +111,16 @@ def test_inductor_fullgraph_statistics_equal_eager_within_float32_reordering(dyn
     assert dict(dynamo_counters["graph_break"]) == {}
     eager = _run(base, config, 11, backend=None)
     assert _compare(compiled, eager, rel=1e-4) > 100
+
+
+@pytest.mark.slow
+def test_compiled_statistics_kernels_give_the_eager_statistics():
+    from vitalstats.stats.kernels import compile_status
+
+    ok, reason = compile_status()
+    if not ok:
+        pytest.skip(f"torch.compile cannot build kernels here: {reason}")
+    base = _model()
+    eager = _run(base, MonitorConfig.everything(flush_every=4), 4, backend=None)
+    compiled = _run(base, MonitorConfig.everything(flush_every=4, kernels="compiled"), 4, None)
+    assert _compare(compiled, eager, rel=1e-4) > 100

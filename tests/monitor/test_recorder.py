@@ -79,3 +79,16 @@ def test_a_window_of_steps_is_copied_in_one_go_and_empty_steps_vanish():
     values = gather(records)
     assert [v.step for v in values] == [0, 1, 2]
     assert [v.device[("l", "v")].tolist() for v in values] == [[0, 1], [1, 1], [2, 1]]
+
+
+def test_batched_histograms_equal_histc_row_by_row():
+    from vitalstats.monitor.probes import histograms
+
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randn(500, generator=g) * 3, torch.randn(7, generator=g), torch.zeros(0)]
+    samples[0][:5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 5.0, -5.0])
+    counts = histograms(samples, 16, (-5.0, 5.0))
+    for sample, row in zip(samples, counts):
+        finite = sample[~torch.isnan(sample)]
+        expected = torch.histc(finite.clamp(-5.0, 5.0), 16, -5.0, 5.0)
+        torch.testing.assert_close(row, expected)

@@ -108,7 +108,7 @@ def test_result_does_not_depend_on_batch_split(cuts, offset):
         m.update(x[start:stop])  # includes empty batches
     mean, var, low, high = oracle(x, 0)
     torch.testing.assert_close(m.mean, mean, rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(m.var(), var, rtol=1e-10, atol=0)
+    torch.testing.assert_close(m.var(), var, rtol=1e-9, atol=0)  # offset/std = 2e6 in float64
     assert torch.equal(m.min, low) and torch.equal(m.max, high) and torch.all(m.count == 200)
 
 

@@ -174,14 +174,9 @@ class Hooks:
             if d.nonfinite and sentinel:  # the summary's centre is non-finite iff the output is
                 value = entries[0][1][1] if summarised else probes.nonfinite_sentinel(detached)
                 acc.add(name, probes.NONFINITE, value, "sum")
-            if d.histograms and detached.numel():
-                counts = probes.activation_histogram(
-                    detached,
-                    config.histogram_bins,
-                    config.activation_histogram_range,
-                    config.histogram_max_values,
-                )
-                acc.add(name, probes.ACT_HIST, counts, "sum")
+            if d.histograms and detached.numel():  # binned for every layer at once, in step()
+                sample = probes.activation_sample(detached, config.histogram_max_values)
+                s.histogram_samples.append((name, sample))
             if batchnorm and d.norm_layers and module.training:
                 self._batch_statistics(name, module, args)
             if d.output_grads and y.requires_grad and not s.lint:
@@ -308,28 +303,44 @@ class Hooks:
 
     @torch.no_grad()
     def _gradient_histograms(self) -> None:
-        """``grad_hist`` per parameter: of the whole gradient where every rank holds it
-        (rule ``same``), of the local shard where it is sharded (counts add over the shard
-        group; an empty shard adds zeros so every rank records the same keys)."""
+        """``grad_hist`` of every parameter in one batched binning: of the whole gradient
+        where every rank holds it (rule ``same``), of the local shard where it is sharded
+        (counts add over the shard group; an empty shard adds zeros so every rank records the
+        same keys)."""
         s, config = self.state, self.state.config
         for group in self.parameters.groups:
+            names, samples = [], []
             for name, p in zip(group.names, group.params):
                 g = p.grad
                 if g is None or g.is_sparse:
                     continue
                 g = local_view(g.detach())
-                if g.numel():
-                    counts = probes.gradient_histogram(
-                        g,
-                        config.histogram_bins,
-                        config.gradient_histogram_log10_range,
-                        config.histogram_max_values,
-                    )
-                elif group.sharded:
-                    counts = torch.zeros(config.histogram_bins, device=g.device)
-                else:
-                    continue
-                s.acc.add(name, probes.GRAD_HIST, counts, group.rule("sum"), group.reduce_over)
+                if g.numel() or group.sharded:
+                    names.append(name)
+                    samples.append(probes.gradient_sample(g, config.histogram_max_values))
+            if not names:
+                continue
+            counts = probes.histograms(
+                samples, config.histogram_bins, config.gradient_histogram_log10_range, True
+            )
+            for name, row in zip(names, counts):
+                s.acc.add(name, probes.GRAD_HIST, row, group.rule("sum"), group.reduce_over)
+
+    def bin_activation_histograms(self) -> None:
+        """``act_hist`` of every layer sampled in this step, in one batched binning; a layer
+        run several times (micro-batches) adds its counts."""
+        s = self.state
+        if not s.histogram_samples:
+            return
+        names = [name for name, _ in s.histogram_samples]
+        counts = probes.histograms(
+            [sample for _, sample in s.histogram_samples],
+            s.config.histogram_bins,
+            s.config.activation_histogram_range,
+        )
+        s.histogram_samples.clear()
+        for name, row in zip(names, counts):
+            s.acc.add(name, probes.ACT_HIST, row, "sum")
 
     # ----------------------------------------------------------------------------- zero_grad
     def mark_gradients_used(self) -> None:

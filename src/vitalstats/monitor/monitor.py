@@ -225,6 +225,7 @@ class Monitor:
         if self._last_time is not None and now > self._last_time:
             acc.add_host("", r.STEPS_PER_SECOND, 1.0 / (now - self._last_time))
         self._last_time = now
+        self._hooks.bin_activation_histograms()
         self._check_compiled_graph()
         self._warn_degraded()
         record = acc.close(self.step_index)

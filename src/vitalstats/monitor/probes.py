@@ -172,24 +172,41 @@ def strided_sample(x: torch.Tensor, max_values: int | None) -> torch.Tensor:
     return flat[:: math.ceil(flat.numel() / max_values)]
 
 
-def activation_histogram(
-    y: torch.Tensor, bins: int, value_range: tuple[float, float], max_values: int | None
+def histograms(
+    samples: list[torch.Tensor],
+    bins: int,
+    value_range: tuple[float, float],
+    log10_abs: bool = False,
 ) -> torch.Tensor:
-    """Counts of ``y`` in ``bins`` equal bins over ``value_range``; values outside (and +-Inf)
-    fall in the end bins, NaN is left out."""
+    """``(len(samples), bins)`` counts of each 1-d sample in ``bins`` equal bins over
+    ``value_range``, all in one pass (``torch.bincount`` over bin index + row * bins): values
+    outside the range and +-Inf go to the end bins, NaN is left out, as ``torch.histc`` does.
+    ``log10_abs`` bins log10 |value| instead (zeros: -inf, the first bin)."""
     low, high = value_range
-    sample = strided_sample(y, max_values).float().clamp(low, high)
-    return torch.histc(sample, bins, low, high)
+    flat = torch.cat([s.float() for s in samples])
+    if log10_abs:
+        flat = flat.abs_().log10_()
+    rows = torch.repeat_interleave(
+        torch.arange(len(samples), device=flat.device),
+        torch.tensor([s.numel() for s in samples], device=flat.device),
+    )
+    position = (flat.clamp(low, high) - low) * (bins / (high - low))
+    index = position.floor_().clamp_(0, bins - 1).nan_to_num_(-1.0).long()
+    dropped = len(samples) * bins  # NaN: a bin past the end, cut off below
+    index = torch.where(index < 0, dropped, index + rows * bins)
+    counts = torch.bincount(index, minlength=dropped + 1)[:dropped]
+    return counts.view(len(samples), bins).to(torch.float32)
 
 
-def gradient_histogram(
-    g: torch.Tensor, bins: int, log10_range: tuple[float, float], max_values: int | None
-) -> torch.Tensor:
-    """Counts of log10|g| in ``bins`` equal bins over ``log10_range`` (zeros and tiny values in
-    the first bin, huge ones in the last, NaN left out)."""
-    low, high = log10_range
-    sample = strided_sample(g, max_values).float().abs().log10().clamp(low, high)
-    return torch.histc(sample, bins, low, high)
+def activation_sample(y: torch.Tensor, max_values: int | None) -> torch.Tensor:
+    """What ``act_hist`` bins: a strided sample of the output's values (a copy, so the
+    activation itself is not kept alive)."""
+    return strided_sample(y, max_values).float().clone()
+
+
+def gradient_sample(g: torch.Tensor, max_values: int | None) -> torch.Tensor:
+    """What ``grad_hist`` bins (as log10 |g|, see ``histograms``): a strided sample."""
+    return strided_sample(g, max_values)
 
 
 def histogram_edges(bins: int, value_range: tuple[float, float]) -> torch.Tensor:

@@ -84,6 +84,7 @@ class MeasureState:
     optimizer_stepped: bool = False  # the optimizer's step ran since the last Monitor.step
     eval_mode_layers: list[str] = field(default_factory=list)  # eval-mode BN/dropout this step
     fewest_values: dict[str, int] = field(default_factory=dict)  # BatchNorm: values/channel
+    histogram_samples: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     degraded: dict[str, str] = field(default_factory=dict)  # metric -> why it is not measured
     _noticed: set[tuple[str, str]] = field(default_factory=set)
     _pending: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)

@@ -120,7 +120,7 @@ def _identity(tensor: Tensor) -> Tensor:
 
 
 def _tensor_sums(
-    m: Tensor, v: Tensor, theta: Tensor, eps_scaled: float, work: Tensor | None
+    m: Tensor, v: Tensor, theta: Tensor | None, eps_scaled: float, work: Tensor | None
 ) -> Tensor:
     """``[sum |m|, sum sqrt(v), sum (m / (sqrt(v) + eps_scaled))^2, sum theta^2]`` of one
     parameter's (real-viewed) moments, accumulated in float32 (float64 for float64 state);
@@ -136,22 +136,24 @@ def _tensor_sums(
     work.add_(eps_scaled)
     torch.div(m, work, out=work)
     step_sq = torch.linalg.vector_norm(work, dtype=dtype).square()
-    theta_sq = torch.linalg.vector_norm(theta, dtype=compute_dtype(theta.dtype)).square()
+    if theta is None:  # the caller does not need sum theta^2 (NaN marks it unmeasured)
+        theta_sq = step_sq.new_full((), float("nan"))
+    else:
+        theta_sq = torch.linalg.vector_norm(theta, dtype=compute_dtype(theta.dtype)).square()
     return torch.stack([abs_sum.double(), sqrt_sum.double(), step_sq.double(), theta_sq.double()])
 
 
-def _tensor_sums_graph(m: Tensor, v: Tensor, theta: Tensor, eps_scaled: float) -> Tensor:
-    """``_tensor_sums`` as one traceable function (fused by ``torch.compile``)."""
+def _tensor_sums_graph(m: Tensor, v: Tensor, eps_scaled: float) -> Tensor:
+    """``_tensor_sums`` (without sum theta^2) as one traceable function, for torch.compile."""
     dtype = torch.promote_types(m.dtype, torch.float32)
-    m, v, theta = m.to(dtype), v.to(dtype), theta.to(dtype)
+    m, v = m.to(dtype), v.to(dtype)
     root = v.sqrt()
     step = m / (root + eps_scaled)
-    return torch.stack(
-        [m.abs().sum(), root.sum(), (step * step).sum(), (theta * theta).sum()]
-    ).double()
+    return torch.stack([m.abs().sum(), root.sum(), (step * step).sum()]).double()
 
 
 _COMPILED_SUMS: Any = None
+_COMPILE_FROM = 4096  # elements: below this the eager kernels are faster (measured, CPU)
 
 
 def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
@@ -164,12 +166,16 @@ def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
         return _tensor_sums
     if _COMPILED_SUMS is None:
         _COMPILED_SUMS = CompiledKernel(
-            "Adam statistics", _tensor_sums_graph, lambda m, v, t, e: _tensor_sums(m, v, t, e, None)
+            "Adam statistics",
+            _tensor_sums_graph,
+            lambda m, v, e: _tensor_sums(m, v, None, e, None)[:3],
         )
     kernel = _COMPILED_SUMS
 
-    def sums(m: Tensor, v: Tensor, theta: Tensor, eps: float, work: Tensor | None) -> Tensor:
-        return kernel(m, v, theta, eps)
+    def sums(m: Tensor, v: Tensor, theta: Tensor | None, eps: float, work: Tensor | None) -> Tensor:
+        if m.numel() < _COMPILE_FROM or theta is not None:  # tiny tensors: eager is faster
+            return _tensor_sums(m, v, theta, eps, work)
+        return torch.cat([kernel(m, v, eps), m.new_full((1,), float("nan"), dtype=torch.float64)])
 
     return sums
 
@@ -181,6 +187,7 @@ def moment_sums(
     local: Callable[[Tensor], Tensor] = _identity,
     workspace: Callable[[int, Tensor], Tensor | None] | None = None,
     kernel: Callable[..., Tensor] = _tensor_sums,
+    with_params: bool = True,
 ) -> Tensor:
     """Per-parameter sums of Adam's statistics, a float64 ``(P, 5)`` tensor on the first
     parameter's device, columns ``MOMENT_SUM_FIELDS``::
@@ -190,8 +197,8 @@ def moment_sums(
     over the elements ``local`` returns (identity by default; the monitor passes each
     DTensor's local shard, so shards' sums add up to the whole parameter's). ``workspace(i,
     m)`` may return a reusable scratch tensor shaped like ``m`` for entry ``i``; ``kernel``
-    computes one tensor's sums (``tensor_sums_kernel``). No host read but the CPU step
-    counters."""
+    computes one tensor's sums (``tensor_sums_kernel``); ``with_params=False`` skips sum
+    theta^2 (NaN). No host read but the CPU step counters."""
     if not entries:
         return torch.zeros((0, len(MOMENT_SUM_FIELDS)), dtype=torch.float64)
     device = local(entries[0].param).device
@@ -204,7 +211,7 @@ def moment_sums(
             second = entry.state.get("max_exp_avg_sq", second)
         m = _real_view(local(entry.state["exp_avg"]))
         v = _real_view(local(second))
-        theta = _real_view(local(entry.param.detach()))
+        theta = _real_view(local(entry.param.detach())) if with_params else None
         c1, sqrt_c2 = 1 - beta1**t, (1 - beta2**t) ** 0.5
         work = workspace(index, m) if workspace is not None else None
         # m_hat / (sqrt(v_hat) + eps) = (sqrt_c2 / c1) * m / (sqrt(v) + eps * sqrt_c2)

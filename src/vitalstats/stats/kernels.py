@@ -4,8 +4,11 @@
 ``summary_kernel("compiled")`` runs the same maths as a ``torch.compile``d function
 (``vs.optim.moment_stats.tensor_sums_kernel`` does the same for Adam's per-tensor sums)
 (dynamic shapes: one graph per kind of statistic and dtype, reused for every tensor size),
-which fuse the passes over memory: on one CPU core Adam's four sums take about a quarter of
-the eager time. The first call of each kernel compiles it (seconds; cached on disk by torch
+which fuse the passes over memory. Measured on one CPU core (torch 2.13, 800k float32
+values): Adam's four sums 266 us compiled against 734 us eager, so they are compiled for
+tensors of at least 4096 values; a summary 423 us compiled against 325 us eager (ATen's
+vectorised CPU reductions beat Inductor's there), so on the CPU summaries stay eager and the
+compiled summary runs on accelerators, where it saves kernel launches. The first call of each kernel compiles it (seconds; cached on disk by torch
 for later processes). Where compilation is impossible (no C++ compiler for the CPU backend,
 no Triton for CUDA, a torch without Inductor) the kernel warns once, naming itself and the
 error, and falls back to the eager code for the rest of the process; the results agree
@@ -40,7 +43,7 @@ def _raw_summary_graph(x: torch.Tensor, extremes: bool, count_nonfinite: bool) -
         low, high = v.amin(), v.amax()
     else:
         low, high = shift * 0 + float("inf"), shift * 0 - float("inf")
-    nonfinite = (v * 0 != 0).sum().to(dtype) if count_nonfinite else shift * 0
+    nonfinite = (~torch.isfinite(v)).sum().to(dtype) if count_nonfinite else shift * 0
     parts = torch.stack([shift, residual, centred_sq, low, high, nonfinite]).double()
     return torch.cat([parts.new_full((1,), float(n)), parts])
 
@@ -94,8 +97,9 @@ def summary_kernel(mode: Mode) -> Callable[..., torch.Tensor]:
 
     def compiled(x: torch.Tensor, *, extremes: bool = True, count_nonfinite: bool = True,
                  nonfinite_sample: int | None = None) -> torch.Tensor:  # fmt: skip
-        if not x.numel():
-            return raw_summary(x)
+        if x.device.type == "cpu" or not x.numel():  # measured: ATen's CPU reductions win
+            return raw_summary(x, extremes=extremes, count_nonfinite=count_nonfinite,
+                               nonfinite_sample=nonfinite_sample)  # fmt: skip
         return _COMPILED_SUMMARY(x.detach(), extremes, count_nonfinite)
 
     return compiled
