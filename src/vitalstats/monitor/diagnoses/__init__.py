@@ -26,7 +26,7 @@ from vitalstats.monitor.diagnoses.activations import ActivationRule
 from vitalstats.monitor.diagnoses.context import RunContext, optimizer_family, parameter_role
 from vitalstats.monitor.diagnoses.gradients import GradientRule
 from vitalstats.monitor.diagnoses.learning_rate import LearningRateRule
-from vitalstats.monitor.diagnoses.loss import LossHistory, LossRule, PlateauRule
+from vitalstats.monitor.diagnoses.loss import LossRule, PlateauRule
 from vitalstats.monitor.diagnoses.nonfinite import NonFiniteRule
 from vitalstats.monitor.diagnoses.signals import Signals
 from vitalstats.monitor.diagnoses.training_loop import (
@@ -48,7 +48,6 @@ class Diagnoser:
     def __init__(self, config: MonitorConfig, log: FindingLog, context: RunContext) -> None:
         self.ctx = context
         self.log = log
-        self.losses = LossHistory()  # what LossRule has judged (the spike baseline)
         self.signals = Signals()
         updates = UpdateRule(self.signals)
         self._loop = LoopObservations()
@@ -61,10 +60,12 @@ class Diagnoser:
             InputScaleRule(),
             SkippedStepRule(config.thresholds.skipped_step_window),
         ]
-        self._loss = LossRule(config.loss_ewm_beta, config.thresholds.loss_window, self.losses)
+        self._loss = LossRule(
+            config.loss_ewm_beta, config.thresholds.loss_window, self.signals.loss
+        )
         self._window_rules = [
             LearningRateRule(self.signals, updates),
-            PlateauRule(self.losses, self.signals),
+            PlateauRule(self.signals),
         ]
 
     def observe(self, m: StepMetrics) -> None:

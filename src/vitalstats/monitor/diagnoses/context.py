@@ -77,6 +77,7 @@ class RunContext:
     optimizer_family: str = "none"
     nonfinite_step: int | None = None  # first step with a NaN/Inf anywhere (input, layer, loss)
     evidence: dict[str, float] = field(default_factory=dict)  # the extremes each rule judged
+    _matrices: set[str] | None = field(default=None, repr=False)
 
     def poisoned(self, step: int) -> bool:
         """True from the first non-finite step on: a symptom measured on NaN/Inf values
@@ -84,7 +85,10 @@ class RunContext:
         return self.nonfinite_step is not None and step >= self.nonfinite_step
 
     def matrices(self) -> set[str]:
-        return {name for name, role in self.parameter_roles.items() if role == "matrix"}
+        """The parameters with the role "matrix" (computed once)."""
+        if self._matrices is None:
+            self._matrices = {n for n, role in self.parameter_roles.items() if role == "matrix"}
+        return self._matrices
 
     def note(self, name: str, value: float, worst: str = "max") -> None:
         """Keep the most extreme value a rule judged (``worst`` "max" or "min"): what the

@@ -14,6 +14,7 @@ import numpy as np
 
 from vitalstats.monitor import registry as r
 from vitalstats.monitor.diagnoses.context import RunContext
+from vitalstats.monitor.diagnoses.signals import Series, Signals
 from vitalstats.monitor.metrics import StepMetrics
 
 _MAD_TO_STD = 1.4826
@@ -27,24 +28,6 @@ def robust_noise(values: np.ndarray) -> float:
     diffs = np.diff(values)
     mad = float(np.median(np.abs(diffs - np.median(diffs))))
     return _MAD_TO_STD * mad / math.sqrt(2.0)
-
-
-class LossHistory:
-    """Every finite loss seen, in step order (host floats; what the loss rules share)."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.values: list[float] = []
-
-    def add(self, step: int, value: float) -> None:
-        self.steps.append(step)
-        self.values.append(value)
-
-    def array(self) -> np.ndarray:
-        return np.asarray(self.values, dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 def _baselines(
@@ -77,13 +60,13 @@ class LossRule:
     """LOSS_SPIKE and LOSS_DIVERGENCE over a flush window; adds loss_ewm_mean/std and
     loss_median/loss_noise to each step's scalars."""
 
-    def __init__(self, loss_ewm_beta: float, window: int, history: LossHistory) -> None:
+    def __init__(self, loss_ewm_beta: float, window: int, losses: Series) -> None:
         from vitalstats.stats import EMVar
 
         self.ewm = EMVar(loss_ewm_beta)
         self.best_ewm = math.inf
         self.window = window
-        self.history = history
+        self.losses = losses  # every finite loss so far (Signals.loss), this window's too
 
     def observe_window(self, window: list[StepMetrics], ctx: RunContext) -> None:
         steps = [
@@ -94,15 +77,16 @@ class LossRule:
         if not steps:
             return
         t = ctx.thresholds
-        previous = self.history.array()[-self.window :]
+        before = len(self.losses) - len(steps)  # Signals recorded this window's losses already
+        previous = self.losses.array()[max(0, before - self.window) : before]
         new = np.asarray([loss for _, loss in steps])
         medians, noises = _baselines(previous, new, self.window, t.loss_level_window)
-        for (m, loss), median, noise in zip(steps, medians, noises):
+        for seen, ((m, loss), median, noise) in enumerate(zip(steps, medians, noises), before):
             if math.isfinite(median):
                 m.scalars[("", r.LOSS_MEDIAN)], m.scalars[("", r.LOSS_NOISE)] = median, noise
                 floor = max(noise, t.loss_spike_min_noise * abs(median), 1e-12)
                 z = (loss - median) / floor
-                warm = len(self.history) >= t.loss_warmup_steps
+                warm = seen >= t.loss_warmup_steps
                 rise = loss - median > t.loss_spike_min_rise * abs(median)
                 if warm and not ctx.poisoned(m.step) and rise:
                     ctx.note("loss_spike_z", z)
@@ -116,7 +100,6 @@ class LossRule:
                         "unnormalised input); if spikes recur lower the learning rate, add "
                         "warm-up or clip gradients.",
                     )  # fmt: skip
-            self.history.add(m.step, loss)
             self._divergence(m, loss, ctx)
 
     def _divergence(self, m: StepMetrics, loss: float, ctx: RunContext) -> None:
@@ -156,15 +139,15 @@ class PlateauRule:
     medians) nor by ``plateau_min_improvement`` of it, while the learning rate is not zero.
     A run that trained and then converged improved first, so it is not a plateau."""
 
-    def __init__(self, history: LossHistory, signals: object) -> None:
-        self.history, self.signals = history, signals
+    def __init__(self, signals: Signals) -> None:
+        self.signals = signals
 
     def observe_window(self, step: int, ctx: RunContext) -> None:
         t = ctx.thresholds
-        values = self.history.array()
+        values = self.signals.loss.array()
         if ctx.has("LOSS_PLATEAU") or values.size < t.plateau_min_steps:
             return
-        lr = self.signals.lr_at(step)  # type: ignore[attr-defined]
+        lr = self.signals.lr_at(step)
         if lr is not None and lr <= 0:
             return
         w = t.loss_window
