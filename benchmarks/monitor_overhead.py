@@ -3,9 +3,12 @@
     python benchmarks/monitor_overhead.py                       # every model (several minutes)
     python benchmarks/monitor_overhead.py --models mlp,cnn --steps-per-variant 100  # quicker
 
-Times the same training loop (Adam, cross-entropy, synthetic data) several ways, alternating
-rounds in one process so machine noise hits every variant alike, on one CPU thread:
+Times one training loop (Adam, cross-entropy, synthetic data; one model and optimiser) several
+ways, alternating rounds in one process (forward, then reversed order: a drift over the run
+hits every variant alike), on one CPU thread; each variant's monitor is attached for its own
+rounds only:
   plain       no monitoring
+  control     plain again, in its own rounds: plain-vs-plain (A/A) shows the noise floor
   default     vs.Monitor at default settings (MonitorConfig())
   everything  vs.Monitor measuring everything every step (MonitorConfig.everything())
   compiled    the same with torch.compile'd statistics kernels (kernels="compiled"; the
@@ -15,8 +18,12 @@ rounds in one process so machine noise hits every variant alike, on one CPU thre
 
 The figure of record is the **mean** step time over at least two periods of the slowest
 probe (histograms, every 250 steps by default: 500 timed steps per variant), which includes
-the periodic probes and flushes a user pays for; the median (the cheap steps) and the
-median thread CPU time are printed beside it. Models: a 784-1024-512-256-10 ReLU MLP at
+the periodic probes and flushes a user pays for. Beside it: the median (the cheap steps),
+the median thread CPU time, and the **schedule-weighted median**: steps are grouped by the
+default schedule's classes (cheap, gradient norms, probes, flush, histograms), each class's
+median is weighted by how many steps of that class the run had; it keeps every periodic
+cost and drops the machine's one-off stalls, which on a shared machine move the mean of
+either variant by several per cent (the control's ratios show by how much). Models: a 784-1024-512-256-10 ReLU MLP at
 batch 128, a small conv-BN-ReLU CNN on 3x32x32 at batch 64, a GPT-2-shaped transformer
 (transformers' GPT2LMHeadModel, 4 layers, width 256, 128 tokens, batch 8) and a
 ResNet-18-shaped CNN (transformers' ResNetForImageClassification, basic blocks [2, 2, 2, 2]
@@ -28,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import itertools
 import json
+import logging
 import os
 import platform
 import statistics
@@ -46,7 +55,8 @@ from torch import nn
 import vitalstats as vs
 from vitalstats.monitor import MonitorConfig
 
-LONGEST_DEFAULT_PERIOD = MonitorConfig().histograms_every
+DEFAULTS = MonitorConfig()
+LONGEST_DEFAULT_PERIOD = DEFAULTS.histograms_every
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Factory = Callable[[], tuple[nn.Module, Callable[[nn.Module, Batch], torch.Tensor], Batch]]
@@ -103,47 +113,70 @@ def resnet():
 
 MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "gpt2": gpt2, "resnet": resnet}
 VARIANTS = {
-    "mlp": ("plain", "default", "everything", "compiled", "tensorboard"),
-    "cnn": ("plain", "default", "everything", "compiled", "tensorboard"),
-    "gpt2": ("plain", "default"),
-    "resnet": ("plain", "default"),
+    "mlp": ("plain", "control", "default", "everything", "compiled", "tensorboard"),
+    "cnn": ("plain", "control", "default", "everything", "compiled", "tensorboard"),
+    "gpt2": ("plain", "control", "default"),
+    "resnet": ("plain", "control", "default"),
 }
 
 
-class Variant:
-    """One copy of the model and optimiser with its own monitoring."""
+def schedule_class(step: int, config: MonitorConfig = DEFAULTS) -> str:
+    """Which of the default schedule's kinds of step ``step`` is (its costliest probe)."""
+    for name, every in (("histograms", config.histograms_every), ("flush", config.flush_every),
+                        ("probes", config.activations_every),
+                        ("grad_norms", config.grad_norm_every)):  # fmt: skip
+        if every and step % every == 0:
+            return name
+    return "cheap"
 
-    def __init__(self, kind: str, base: nn.Module, loss_fn, log_dir: str) -> None:
-        self.kind, self.loss_fn = kind, loss_fn
-        self.model = copy.deepcopy(base)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+def schedule_weighted_median(samples: list[tuple[int, float]]) -> float:
+    """Mean over steps of their class's median step time (``schedule_class``)."""
+    by_class: dict[str, list[float]] = {}
+    for step, seconds in samples:
+        by_class.setdefault(schedule_class(step), []).append(seconds)
+    total = sum(statistics.median(v) * len(v) for v in by_class.values())
+    return total / len(samples)
+
+
+class Mode:
+    """One way of running the shared loop: its monitor (or TensorBoard writer) is attached
+    for its own rounds only, and counts its own steps, so its schedule is that of a run
+    monitored from the start."""
+
+    def __init__(self, kind: str, model: nn.Module, optimizer, log_dir: str) -> None:
+        self.kind = kind
         self.monitor = None
         self.writer = None
         self.step_index = 0
         if kind == "default":
-            self.monitor = vs.Monitor(self.model, optimizer=self.optimizer)
+            self.monitor = vs.Monitor(model, optimizer=optimizer)
         elif kind in ("everything", "compiled"):
             kernels = "compiled" if kind == "compiled" else "eager"
             config = MonitorConfig.everything(kernels=kernels)
-            self.monitor = vs.Monitor(self.model, optimizer=self.optimizer, config=config)
+            self.monitor = vs.Monitor(model, optimizer=optimizer, config=config)
         elif kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=os.path.join(log_dir, "tb"))
-
-    def step(self, batch: Batch) -> None:
-        loss = self.loss_fn(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
         if self.monitor is not None:
-            self.monitor.step(loss=loss)
+            self.monitor.detach()
+
+    def begin(self) -> None:
+        if self.monitor is not None:
+            self.monitor.attach()
+
+    def end(self) -> float:
+        """Detach, and wait for this mode's background writes (the run store's writer thread,
+        TensorBoard's event writer) so that they do not run into the next mode's rounds;
+        returns the seconds waited, which count as this mode's."""
+        start = time.perf_counter()
+        if self.monitor is not None:
+            self.monitor.detach()
+            self.monitor.sync_store()
         if self.writer is not None:
-            for name, p in self.model.named_parameters():
-                self.writer.add_histogram(name, p, self.step_index)
-                self.writer.add_histogram(f"{name}.grad", p.grad, self.step_index)
-            self.writer.add_scalar("loss", loss, self.step_index)
-        self.step_index += 1
+            self.writer.flush()
+        return time.perf_counter() - start
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -152,32 +185,75 @@ class Variant:
             self.writer.close()
 
 
+class Loop:
+    """The training loop: one model and optimiser shared by every mode. (Two copies of the
+    same model differ by up to +-5 % in step time from where their tensors sit in memory,
+    more than the effect measured; one copy removes that.)"""
+
+    def __init__(self, base: nn.Module, loss_fn, kinds: tuple[str, ...], log_dir: str) -> None:
+        self.loss_fn = loss_fn
+        self.model = copy.deepcopy(base)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.modes = [Mode(kind, self.model, self.optimizer, log_dir) for kind in kinds]
+
+    def step(self, mode: Mode, batch: Batch) -> None:
+        loss = self.loss_fn(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if mode.monitor is not None:
+            mode.monitor.step(loss=loss)
+        if mode.writer is not None:
+            for name, p in self.model.named_parameters():
+                mode.writer.add_histogram(name, p, mode.step_index)
+                mode.writer.add_histogram(f"{name}.grad", p.grad, mode.step_index)
+            mode.writer.add_scalar("loss", loss, mode.step_index)
+        mode.step_index += 1
+
+    def close(self) -> None:
+        for mode in self.modes:
+            mode.close()
+
+
 def bench_model(name: str, steps: int, rounds: int, warmup: int, variants: tuple[str, ...]) -> dict:
     torch.manual_seed(0)
     base, loss_fn, batch = MODELS[name]()
     per_round = max(1, steps // rounds)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    stepped: dict[str, list[tuple[int, float]]] = {v: [] for v in variants}
     cpu_times: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as log_dir:
-        runs = [Variant(kind, base, loss_fn, log_dir) for kind in variants]
+        loop = Loop(base, loss_fn, variants, log_dir)
         warmup_s: dict[str, float] = {}
-        for run in runs:  # untimed: first probes, allocations, lazy imports, compiles
+        for mode in loop.modes:  # untimed: first probes, allocations, lazy imports, compiles
+            mode.begin()
             start = time.perf_counter()
             for _ in range(warmup):
-                run.step(batch)
-            warmup_s[run.kind] = time.perf_counter() - start
-        for _ in range(rounds):  # alternate: each round runs every variant for per_round steps
-            for run in runs:
+                loop.step(mode, batch)
+            warmup_s[mode.kind] = time.perf_counter() - start
+            mode.end()
+        for r in range(rounds):  # each round runs every mode for per_round steps, in the
+            # order A B C ... then ... C B A (a drift over the run hits every mode alike)
+            for mode in loop.modes if r % 2 == 0 else loop.modes[::-1]:
+                mode.begin()
                 for _ in range(per_round):
-                    start, cpu_start = time.perf_counter(), time.thread_time()
-                    run.step(batch)
-                    times[run.kind].append(time.perf_counter() - start)
-                    cpu_times[run.kind].append(time.thread_time() - cpu_start)
-        for run in runs:
-            run.close()
+                    step, start, cpu_start = (
+                        mode.step_index,
+                        time.perf_counter(),
+                        time.thread_time(),
+                    )
+                    loop.step(mode, batch)
+                    times[mode.kind].append(time.perf_counter() - start)
+                    stepped[mode.kind].append((step, times[mode.kind][-1]))
+                    cpu_times[mode.kind].append(time.thread_time() - cpu_start)
+                waited = mode.end()  # the round's last step pays for its pending writes
+                times[mode.kind][-1] += waited
+                stepped[mode.kind][-1] = (step, times[mode.kind][-1])
+        loop.close()
     means = {k: statistics.fmean(v) for k, v in times.items()}
     medians = {k: statistics.median(v) for k, v in times.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu_times.items()}
+    weighted = {k: schedule_weighted_median(v) for k, v in stepped.items()}
     return {
         "model": name,
         "parameters": sum(p.numel() for p in base.parameters()),
@@ -187,9 +263,26 @@ def bench_model(name: str, steps: int, rounds: int, warmup: int, variants: tuple
         "mean_ratio_to_plain": {k: means[k] / means["plain"] for k in variants},
         "median_step_ms": {k: v * 1e3 for k, v in medians.items()},
         "median_ratio_to_plain": {k: medians[k] / medians["plain"] for k in variants},
+        "schedule_weighted_median_ms": {k: v * 1e3 for k, v in weighted.items()},
+        "schedule_weighted_ratio_to_plain": {k: weighted[k] / weighted["plain"] for k in variants},
         "median_thread_cpu_ms": {k: v * 1e3 for k, v in cpu_medians.items()},
         "thread_cpu_ratio_to_plain": {k: cpu_medians[k] / cpu_medians["plain"] for k in variants},
     }
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process (no trimming, no per-block mmap for
+    blocks up to 32 MiB): steps then reuse warm pages instead of faulting them in."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(
+        libc.mallopt(option, value) == 1
+        for option, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1),
+                              (m_top_pad, 64 << 20))
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -200,10 +293,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="alternation rounds")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant")
     parser.add_argument("--variants", default=None, help="override, e.g. plain,default")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default trimming (noisier, see the docstring)")  # fmt: skip
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "monitor_overhead.json")
     )
     args = parser.parse_args()
+    malloc_kept = False if args.system_malloc else keep_freed_memory()
+    logging.getLogger("vitalstats").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     if args.steps_per_variant < 2 * LONGEST_DEFAULT_PERIOD:
         print(f"note: {args.steps_per_variant} timed steps cover less than two periods of the "
@@ -214,7 +311,9 @@ def main() -> None:
         result = bench_model(name, args.steps_per_variant, args.rounds, args.warmup, variants)
         results.append(result)
         cells = "  ".join(
-            f"{v} {result['mean_ratio_to_plain'][v]:.3f}x (median {result['median_ratio_to_plain'][v]:.3f}x)"
+            f"{v} {result['mean_ratio_to_plain'][v]:.3f}x (median "
+            f"{result['median_ratio_to_plain'][v]:.3f}x, weighted "
+            f"{result['schedule_weighted_ratio_to_plain'][v]:.3f}x)"
             for v in variants[1:]
         )
         print(f"{name:7} plain {result['mean_step_ms']['plain']:8.2f} ms  {cells}", flush=True)
@@ -227,6 +326,7 @@ def main() -> None:
         "processor": platform.processor(),
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
+        "malloc_keeps_freed_memory": malloc_kept,
         "figure_of_record": "mean_ratio_to_plain",
         "targets": {"default": 1.03, "everything": 1.15},
         "results": results,

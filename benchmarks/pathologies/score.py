@@ -8,6 +8,8 @@
   false-alarm rate = alarmed / healthy cases that ran and trained (status ``ok``);
   root-first rate = root named first / the same fault cases. ``invalid`` cases (the fault did
   not happen, or a healthy run did not train) and crashes/timeouts are counted apart.
+- The same rates are given per split: ``calibration`` cases (the thresholds were tuned with
+  them in view) and ``holdout`` cases (written after the thresholds were frozen).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
-from pathologies.case import HEALTHY
+from pathologies.case import CALIBRATION, HEALTHY
 
 SEVERE = ("warning", "error")
 
@@ -94,8 +96,26 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def rates(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Recall, false-alarm rate and root-first rate of ``results`` (and the counts)."""
+    healthy = [r for r in results if r.get("category") == HEALTHY and r["status"] == "ok"]
+    faults = [r for r in results if r.get("category") != HEALTHY and r["status"] == "ok"]
+    return {
+        "healthy": len(healthy),
+        "faults": len(faults),
+        "detected": sum(r["detected"] for r in faults),
+        "alarmed": sum(r["alarmed"] for r in healthy),
+        "root_first": sum(r["root_first"] for r in faults),
+        "recall": _rate(sum(r["detected"] for r in faults), len(faults)),
+        "false_alarm_rate": _rate(sum(r["alarmed"] for r in healthy), len(healthy)),
+        "root_first_rate": _rate(sum(r["root_first"] for r in faults), len(faults)),
+        "not_ok": sum(r["status"] != "ok" for r in results),
+    }
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Confusion table, recall, false-alarm rate, root-first rate, crashes, cost."""
+    """Confusion table, recall, false-alarm rate, root-first rate, crashes, cost; the
+    rates per split (calibration cases against held-out ones)."""
     healthy = [r for r in results if r.get("category") == HEALTHY and r["status"] == "ok"]
     faults = [r for r in results if r.get("category") != HEALTHY and r["status"] == "ok"]
     alarms = sum(r["alarmed"] for r in healthy)
@@ -132,6 +152,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         "per_category": {
             k: {"cases": v[0], "detected": v[1], "root_first": v[2]}
             for k, v in sorted(per_category.items())
+        },
+        "splits": {
+            split: rates([r for r in results if r.get("split", CALIBRATION) == split])
+            for split in sorted({r.get("split", CALIBRATION) for r in results})
         },
         "calibration": calibration(results),
     }

@@ -116,6 +116,17 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         f"root named anywhere {_pct(s['root_named_rate'])}\n"
         f"crashes/timeouts {s['crashes']}   invalid {s['invalid']}   monitor cost {cost}"
     )
+    splits = Table(title="Per split (holdout: written after the thresholds were frozen)")
+    for column in ("split", "healthy", "fault", "recall", "false alarms", "root first", "not ok"):
+        splits.add_column(column)
+    for name, v in s.get("splits", {}).items():
+        splits.add_row(
+            name, str(v["healthy"]), str(v["faults"]),
+            f"{_pct(v['recall'])} ({v['detected']}/{v['faults']})",
+            f"{_pct(v['false_alarm_rate'])} ({v['alarmed']}/{v['healthy']})",
+            f"{_pct(v['root_first_rate'])} ({v['root_first']}/{v['faults']})", str(v["not_ok"]),
+        )  # fmt: skip
+    console.print(splits)
 
 
 def print_calibration(console: Console, summary: dict[str, Any]) -> None:

@@ -107,6 +107,32 @@ def test_timeouts_count_as_crashes_and_other_codes_are_not_detections() -> None:
     assert s["confusion"]["fault"]["alarmed_other_code"] == 1
 
 
+def test_rates_are_given_per_split() -> None:
+    def fault(name: str, split: str, found: str) -> dict:
+        return {"name": name, "category": "dead_relu", "expected": ["DEAD_RELU"],
+                "root": "DEAD_RELU", "status": "ok", "split": split,
+                "findings": [{"code": found, "severity": "warning"}]}  # fmt: skip
+
+    results = [fault("a", "calibration", "DEAD_RELU"), fault("b", "holdout", "LOSS_SPIKE"),
+               fault("c", "holdout", "DEAD_RELU"),
+               {"name": "d", "category": HEALTHY, "expected": [], "root": None, "status": "ok",
+                "split": "holdout", "findings": [{"code": "LOSS_SPIKE", "severity": "warning"}]}]  # fmt: skip
+    s = summarise([verdict(r) for r in results])
+    assert s["splits"]["calibration"]["recall"] == 1.0
+    held = s["splits"]["holdout"]
+    assert (held["faults"], held["detected"], held["recall"]) == (2, 1, 0.5)
+    assert (held["healthy"], held["false_alarm_rate"]) == (1, 1.0)
+    assert s["recall"] == 2 / 3  # the overall rates pool both splits
+
+
+def test_holdout_cases_are_marked_and_cover_healthy_and_faults() -> None:
+    registry = load_cases()
+    held = [c for c in registry.values() if c.split == "holdout"]
+    assert all(c.name.startswith("holdout_") for c in held)
+    assert sum(c.category == HEALTHY for c in held) >= 5
+    assert len({c.category for c in held if c.category != HEALTHY}) >= 12
+
+
 def test_case_patterns_are_globs_or_substrings() -> None:
     names = ["healthy_gpt2", "lr_high_gpt2", "lr_low_mlp"]
     assert select(names, "lr_*") == ["lr_high_gpt2", "lr_low_mlp"]

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pathologies.case import Case, Proof, at_least, first_nonfinite, register
+from pathologies.case import Case, Proof, at_least, first_nonfinite, register, untrained
 from pathologies.cases.healthy_text import CharCase, GPT2Case
 from pathologies.cases.healthy_vision import DigitsCase, HFImageCase
 from pathologies.data import Batches, tabular
@@ -132,11 +132,7 @@ class LrLowMlpWineSgd(TabularCase):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-5)
 
     def prove(self, losses: list[float]) -> Proof:
-        return at_least(
-            "final/initial loss (no training)",
-            smoothed(losses, -10, None) / smoothed(losses, 0, 10),
-            0.97,
-        )
+        return untrained(losses, 0.97, window=10)
 
 
 @register
@@ -152,11 +148,7 @@ class LrLowLstmAdam(CharCase):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-7)
 
     def prove(self, losses: list[float]) -> Proof:
-        return at_least(
-            "final/initial loss (no training)",
-            smoothed(losses, -20, None) / smoothed(losses, 0, 20),
-            0.98,
-        )
+        return untrained(losses, 0.98)
 
 
 @register
@@ -174,8 +166,4 @@ class LrLowVitAdamw(HFImageCase):
         self.scheduler = warmup_cosine(self.optimizer, 30, self.steps)
 
     def prove(self, losses: list[float]) -> Proof:
-        return at_least(
-            "final/initial loss (no training)",
-            smoothed(losses, -20, None) / smoothed(losses, 0, 20),
-            0.95,
-        )
+        return untrained(losses, 0.95)

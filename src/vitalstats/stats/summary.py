@@ -50,7 +50,9 @@ def nonfinite_count(x: torch.Tensor) -> torch.Tensor:
 def sampled_nonfinite_count(x: torch.Tensor, max_values: int) -> torch.Tensor:
     """Estimated number of NaN/Inf values of ``x`` from a strided sample of at most
     ``max_values`` values, scaled to ``x.numel()``: cheap where the exact count would cost as
-    much as the rest of the summary. Exact (0) when no sampled value is NaN/Inf."""
+    much as the rest of the summary. It reads 0 when no sampled value is NaN/Inf even if
+    others are: whether any value is non-finite is the summary's centred sums' job (they are
+    NaN/Inf exactly when some value is), not this estimate's."""
     flat = x.reshape(-1)
     step = max(1, -(-flat.numel() // max_values))
     sample = flat[::step]

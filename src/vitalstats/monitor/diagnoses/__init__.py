@@ -37,6 +37,7 @@ from vitalstats.monitor.diagnoses.training_loop import (
 from vitalstats.monitor.diagnoses.updates import UpdateRule
 from vitalstats.monitor.findings import FindingLog
 from vitalstats.monitor.metrics import StepMetrics
+from vitalstats.monitor.registry import WEIGHT_STD
 from vitalstats.monitor.state import Observation
 
 __all__ = ["Diagnoser", "RunContext", "optimizer_family", "parameter_role"]
@@ -69,12 +70,17 @@ class Diagnoser:
         ]
 
     def observe(self, m: StepMetrics) -> None:
-        """Run every per-step rule on one step (adds loss_ewm_*, loss_median/noise)."""
+        """Run every per-step rule on one step. A rule with ``needs`` (metric names) only
+        sees the steps that measured one of them: most steps carry a loss and the NaN/Inf
+        sentinels only, and skipping the rest keeps a flush cheap per step."""
+        names = {metric for _, metric in m.scalars}
         self.signals.record(m)
-        if not self.ctx.poisoned(m.step):
+        if WEIGHT_STD in names and not self.ctx.poisoned(m.step):
             self.signals.record_weights(m, self.ctx.matrices())
         for rule in self._step_rules:
-            rule.observe(m, self.ctx)
+            needs = getattr(rule, "needs", None)
+            if needs is None or not needs.isdisjoint(names):
+                rule.observe(m, self.ctx)
 
     def observe_window(self, window: list[StepMetrics]) -> None:
         """Rules on the run so far, at the end of a flush window (trends and windows)."""

@@ -30,6 +30,9 @@ def depth_chains(ctx: RunContext) -> list[list[str]]:
 
 
 class ActivationRule:
+    needs = frozenset({r.ACT_MIN, r.ACT_MAX, r.ACT_STD, r.ACT_SATURATED_FRACTION,
+                       r.ACT_DEAD_FRACTION})  # fmt: skip
+
     def __init__(self) -> None:
         self.head_values: list[tuple[int, float]] = []  # (step, max |logit|)
 

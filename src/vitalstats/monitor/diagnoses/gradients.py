@@ -22,6 +22,8 @@ from vitalstats.monitor.metrics import StepMetrics
 
 
 class GradientRule:
+    needs = frozenset({r.GRAD_NORM_TOTAL, r.GRAD_NORM})  # steps without them are skipped
+
     def __init__(self) -> None:
         self.ratios: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=5))
 

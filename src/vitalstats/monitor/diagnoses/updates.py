@@ -32,6 +32,8 @@ def judged(ctx: RunContext) -> bool:
 
 
 class UpdateRule:
+    needs = frozenset({r.UPDATE_TO_DATA_LOG10})
+
     def __init__(self, signals: Signals) -> None:
         self.signals = signals
 
