@@ -38,16 +38,18 @@ def forward(model: nn.Module, call: Callable[[], object]) -> None:
         call()
 
 
-def saturated_share(model: nn.Module, call: Callable[[], object]) -> float:
-    """Share of Tanh outputs with |y| > 0.97 and of Sigmoid outputs with |2y - 1| > 0.97."""
+def saturated_share(model: nn.Module, call: Callable[[], object], worst: bool = False) -> float:
+    """Share of Tanh outputs with |y| > 0.97 and of Sigmoid outputs with |2y - 1| > 0.97, over
+    all such layers together, or (``worst``) in the most saturated layer."""
     with captured(model, (nn.Tanh, nn.Sigmoid)) as seen:
         forward(model, call)
-    flat, total = 0, 0
+    flat, total, shares = 0, 0, []
     for module, out in seen:
         y = out if isinstance(module, nn.Tanh) else 2 * out - 1
         flat += int((y.abs() > 0.97).sum())
         total += y.numel()
-    return flat / total
+        shares.append(float((y.abs() > 0.97).float().mean()))
+    return max(shares) if worst else flat / total
 
 
 def dead_share(model: nn.Module, call: Callable[[], object]) -> float:

@@ -59,6 +59,7 @@ EVIDENCE_THRESHOLDS: dict[str, tuple[str, str]] = {
     "update_to_data_log10_median_min[sgd]": ("update_to_data_log10_low", "min"),
     "weight_growth": ("lr_weight_growth", "max"),
     "loss_spike_z": ("loss_spike_sigmas", "max"),
+    "loss_spike_undone": ("loss_spike_min_undone", "max"),
     "loss_divergence_ratio": ("loss_divergence_ratio", "max"),
     "plateau_improvement": ("plateau_min_improvement", "min"),
     "input_rms_max": ("input_rms_high", "max"),

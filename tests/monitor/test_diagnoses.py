@@ -273,8 +273,32 @@ def test_loss_spike_from_one_bad_batch():
     data[30] = (x * 100, y)
     monitor = vs.Monitor(model, optimizer=opt)
     train(model, opt, monitor, data)
-    spikes = [f for f in flat(monitor.diagnose()) if f.code == "LOSS_SPIKE"]
-    assert [f.step for f in spikes] == [30]
+    found = flat(monitor.diagnose())
+    assert [f.step for f in found if f.code == "LOSS_SPIKE"] == [30]
+    assert "LOSS_DIVERGENCE" not in {f.code for f in found}  # one batch moves no median
+
+
+def _synthetic_losses(monitor, jump: float, at: int = 100, steps: int = 120) -> None:
+    """A descent from 1.0 to 0.002 with 2 % noise; the loss of step ``at`` is ``jump``."""
+    generator = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        level = 1.0 * 0.95**step + 0.002
+        loss = level * (1 + 0.02 * torch.randn((), generator=generator))
+        monitor.step(loss=torch.tensor(jump) if step == at else loss)
+
+
+@pytest.mark.parametrize(("jump", "spike"), [(0.09, False), (0.5, True), (10.0, True)])
+def test_loss_spike_must_undo_a_share_of_the_descent(jump, spike):
+    """Near a loss of zero the step-to-step noise is tiny: 0.002 -> 0.09 is ~50 noise units
+    but undoes 9% of the descent from 1.0 (below loss_spike_min_undone = 25%); 0.5 undoes 50%.
+    A single 10.0 lifts the EWM mean (beta 0.98) 100x, but not the rolling median: no
+    divergence."""
+    model = nn.Linear(2, 1)
+    monitor = vs.Monitor(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    _synthetic_losses(monitor, jump)
+    found = flat(monitor.diagnose())
+    assert [f.step for f in found if f.code == "LOSS_SPIKE"] == ([100] if spike else [])
+    assert "LOSS_DIVERGENCE" not in {f.code for f in found}
 
 
 # ------------------------------------------------------------------------------- BatchNorm

@@ -176,7 +176,7 @@ class HoldoutLrHighVit(Holdout, HFImageCase):
     name = "holdout_lr_high_vit_digits_adamw_lr_0_05"
     arch = "ViT (transformers)"
     category = "lr_too_high"
-    summary = "the healthy ViT loop (warm-up + cosine) at lr 5e-2 = 50x; loss stays near chance"
+    summary = "the healthy ViT loop (warm-up + cosine) at lr 5e-2 = 50x; loss stays far above it"
     size = 16
 
     def setup(self) -> None:
@@ -186,8 +186,8 @@ class HoldoutLrHighVit(Holdout, HFImageCase):
         self.scheduler = warmup_cosine(self.optimizer, 30, self.steps)
 
     def prove(self, losses: list[float]) -> Proof:
-        # chance is ln 10 = 2.30; the healthy ViT loop ends far below 1
-        return at_least("mean loss of the last 50 steps", smoothed(losses, -50, None), 1.5)
+        # chance is ln 10 = 2.30; the healthy ViT loop (lr 1e-3) ends at 0.15
+        return at_least("mean loss of the last 50 steps", smoothed(losses, -50, None), 1.0)
 
 
 @register
@@ -273,8 +273,11 @@ class HoldoutSaturatedSigmoidWine(TabularStep):
 
     def prove(self, losses: list[float]) -> Proof:
         x, _ = self.batches(0)
-        share = saturated_share(self.model, lambda: self.model(x))
-        return at_least("share of |2 sigmoid - 1| > 0.97 after training", share, 0.5)
+        # the diagnosis names a layer, so the proof is per layer: 13 standardised inputs give
+        # the first layer pre-activations of std ~3.6, the 128-wide second ~6
+        share = saturated_share(self.model, lambda: self.model(x), worst=True)
+        return at_least("share of |2 sigmoid - 1| > 0.97 in the worst layer, after training",
+                        share, 0.5)  # fmt: skip
 
 
 @register
@@ -391,7 +394,9 @@ class HoldoutNoZeroGradLstm(Holdout, CharCase):
         return loss
 
     def prove(self, losses: list[float]) -> Proof:
-        return never_zeroed(self, lambda: self.loss(self.steps - 1))
+        # clip_grad_norm_ rescales the accumulated .grad in place to norm <= 1 every step, so
+        # the sum cannot grow 10x as in the unclipped cases; a zeroing loop gives exactly 1
+        return never_zeroed(self, lambda: self.loss(self.steps - 1), bar=3)
 
 
 @register

@@ -48,9 +48,10 @@ class Thresholds:
     loss_spike_sigmas: float = 10.0  # (loss - rolling median) / robust step-to-step noise
     loss_spike_min_rise: float = 0.2  # and the loss is this fraction above the rolling median
     loss_spike_min_noise: float = 0.01  # noise floor, as a fraction of the rolling median
+    loss_spike_min_undone: float = 0.25  # and the rise undoes this share of the descent so far
     loss_window: int = 50  # losses the step-to-step noise is measured over
     loss_level_window: int = 10  # losses whose median is the local level a spike is judged on
-    loss_divergence_ratio: float = 2.0  # EWM mean / best EWM mean
+    loss_divergence_ratio: float = 2.0  # EWM mean (of spike-clipped losses) / best EWM mean
     loss_warmup_steps: int = 20  # steps before spike/divergence checks start
     bn_min_values_per_channel: int = 8  # fewer values per channel -> BN_FEW_VALUES
     bn_momentum_max: float = 0.5  # above -> BN_HIGH_MOMENTUM (Keras convention)

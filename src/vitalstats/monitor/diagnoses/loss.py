@@ -1,9 +1,13 @@
 """Rules on the loss series: spikes against a robust local baseline, divergence, plateaus.
 
-A spike is judged against the median of the previous ``loss_window`` losses and a robust
-step-to-step noise, 1.4826 * MAD(first differences) / sqrt(2): differences remove the slow
-descent of early training, which inflates an EWM std so much that a 40-sigma spike reads as
-2 sigma. Divergence compares the loss EWM mean with its best value so far.
+A spike is judged against the local level, the median of the previous ``loss_level_window``
+losses, and a robust step-to-step noise, 1.4826 * MAD(first differences) / sqrt(2) over the
+previous ``loss_window``: differences remove the slow descent of early training, which
+inflates an EWM std so much that a 40-sigma spike reads as 2 sigma. A spike must also undo
+``loss_spike_min_undone`` of the descent so far ((loss - level) / (start level - level)): near
+a loss of zero the noise is tiny, and a jump from 0.002 to 0.09 is many noise units but
+nothing a user must act on. Divergence compares the loss EWM mean with its best value so far;
+the EWM is fed losses clipped at the spike threshold, so a single spike is not divergence.
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ class LossRule:
         self.best_ewm = math.inf
         self.window = window
         self.losses = losses  # every finite loss so far (Signals.loss), this window's too
+        self.start = math.nan  # median of the run's first loss_level_window losses
+
+    def _start_level(self, t) -> float:
+        """The loss the run started from: the median of its first ``loss_level_window``
+        finite losses (fixed once that many exist; before, the median of those seen)."""
+        if math.isnan(self.start):
+            first = self.losses.array()[: t.loss_level_window]
+            if first.size == 0:
+                return math.inf
+            if first.size < t.loss_level_window:
+                return float(np.median(first))
+            self.start = float(np.median(first))
+        return self.start
 
     def observe_window(self, window: list[StepMetrics], ctx: RunContext) -> None:
         steps = [
@@ -88,23 +105,34 @@ class LossRule:
                 z = (loss - median) / floor
                 warm = seen >= t.loss_warmup_steps
                 rise = loss - median > t.loss_spike_min_rise * abs(median)
+                undone = (loss - median) / max(self._start_level(t) - median, 1e-12)
                 if warm and not ctx.poisoned(m.step) and rise:
                     ctx.note("loss_spike_z", z)
-                if warm and z > t.loss_spike_sigmas and rise and not ctx.poisoned(m.step):
+                    if z > t.loss_spike_sigmas:
+                        ctx.note("loss_spike_undone", undone)
+                big = undone > t.loss_spike_min_undone
+                if warm and z > t.loss_spike_sigmas and rise and big and not ctx.poisoned(m.step):
                     ctx.add(
                         "LOSS_SPIKE", "", m.step,
                         f"loss {loss:.4g} is {z:.1f} noise units above the median {median:.4g} "
                         f"of the previous {t.loss_level_window} steps (robust step-to-step "
-                        f"noise {noise:.3g}; threshold {t.loss_spike_sigmas}).",
+                        f"noise {noise:.3g}; threshold {t.loss_spike_sigmas}) and undoes "
+                        f"{min(undone, 9.99):.0%} of the descent from the starting level "
+                        f"{self._start_level(t):.4g}.",
                         "look for a bad batch at this step (corrupt sample, wrong labels, an "
                         "unnormalised input); if spikes recur lower the learning rate, add "
                         "warm-up or clip gradients.",
                     )  # fmt: skip
-            self._divergence(m, loss, ctx)
+            cap = median + t.loss_spike_sigmas * floor if math.isfinite(median) else math.inf
+            self._divergence(m, loss, cap, ctx)
 
-    def _divergence(self, m: StepMetrics, loss: float, ctx: RunContext) -> None:
+    def _divergence(self, m: StepMetrics, loss: float, cap: float, ctx: RunContext) -> None:
+        """The loss EWM mean against its best value so far. The EWM is fed the loss clipped
+        at ``cap`` (the spike threshold above the local level), so one bad batch, which
+        would lift an EWM (beta 0.98) by 2 % of its size, does not read as divergence; a
+        loss that keeps rising lifts the local level and the cap with it."""
         t = ctx.thresholds
-        self.ewm.update(loss)
+        self.ewm.update(min(loss, cap))
         ewm_mean, ewm_std = float(self.ewm.mean), float(self.ewm.std)
         m.scalars[("", r.LOSS_EWM_MEAN)] = ewm_mean
         m.scalars[("", r.LOSS_EWM_STD)] = ewm_std
@@ -117,7 +145,9 @@ class LossRule:
                 ctx.add(
                     "LOSS_DIVERGENCE", "", m.step,
                     f"the loss EWM mean {ewm_mean:.4g} is {ratio:.1f}x its best value "
-                    f"{self.best_ewm:.4g} (threshold {t.loss_divergence_ratio}x).",
+                    f"{self.best_ewm:.4g} (threshold {t.loss_divergence_ratio}x; losses "
+                    f"above {t.loss_spike_sigmas} noise units over the local level are "
+                    "clipped there, so one spike does not count).",
                     "lower the learning rate (divergence usually means it is too high), add "
                     "warm-up or gradient clipping.",
                 )  # fmt: skip
