@@ -81,6 +81,19 @@ def test_a_window_of_steps_is_copied_in_one_go_and_empty_steps_vanish():
     assert [v.device[("l", "v")].tolist() for v in values] == [[0, 1], [1, 1], [2, 1]]
 
 
+def test_a_closed_step_keeps_one_packed_tensor_until_the_flush():
+    """Dozens of small tensors per step kept until the flush fragment the CPU heap (every
+    later step then faults in fresh pages); a closed step holds one tensor."""
+    acc = StepAccumulator()
+    for layer in range(40):
+        acc.add(str(layer), "nonfinite", torch.tensor(float(layer)), "sum")
+    acc.add("", "counts", torch.tensor([3, 4], dtype=torch.int64), "sum")
+    record = acc.close(7)
+    assert len(record.parts) == 1 and record.parts[0].numel() == 42
+    values = gather([record])[0].device
+    assert values[("39", "nonfinite")] == 39.0 and values[("", "counts")].tolist() == [3, 4]
+
+
 def test_batched_histograms_equal_histc_row_by_row():
     from vitalstats.monitor.probes import histograms
 
