@@ -49,9 +49,9 @@ class ActivationRule:
                 if saturated > t.saturated_fraction:
                     ctx.add(
                         "ACT_SATURATED", layer, m.step,
-                        f"{saturated:.1%} of outputs have |y| > {t.saturation_level} (a sigmoid's "
-                        f"y read as 2y - 1; threshold {t.saturated_fraction:.0%}); their "
-                        "gradient is nearly zero.",
+                        f"{saturated:.1%} of outputs have |y| > {t.saturation_level} (|2y - 1| "
+                        f"for a sigmoid; threshold {t.saturated_fraction:.0%}); their gradient "
+                        "is nearly zero.",
                         "shrink the preceding layer's init (Xavier/Kaiming with the tanh gain "
                         "5/3), add a normalisation layer before the activation, lower the lr.",
                     )  # fmt: skip
