@@ -27,6 +27,11 @@ class NoGradValidation:
             with torch.no_grad():
                 self.validation = self.validation_loss()
 
+    def train_step(self, step: int) -> torch.Tensor:
+        loss = super().train_step(step)  # type: ignore[misc]
+        self.validate_in_train_mode(step)
+        return loss
+
     def prove(self, losses: list[float]) -> Proof:
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         share = self.in_train_mode / self.validations if has_bn else 0.0
@@ -49,11 +54,6 @@ class BnNoGradCnn(NoGradValidation, DigitsImageCase):
     def validation_loss(self) -> torch.Tensor:
         return self.loss(10_000)
 
-    def train_step(self, step: int) -> torch.Tensor:
-        loss = super().train_step(step)
-        self.validate_in_train_mode(step)
-        return loss
-
 
 @register
 class BnNoGradResnet(NoGradValidation, HFImageCase):
@@ -71,11 +71,6 @@ class BnNoGradResnet(NoGradValidation, HFImageCase):
     def validation_loss(self) -> torch.Tensor:
         x, y = self.batches(10_000)
         return F.cross_entropy(self.model(pixel_values=x).logits, y)
-
-    def train_step(self, step: int) -> torch.Tensor:
-        loss = super().train_step(step)
-        self.validate_in_train_mode(step)
-        return loss
 
 
 def few_values(case: Case, call) -> Proof:

@@ -416,10 +416,6 @@ class HoldoutEvalModeVit(EvalModeMixin, Holdout, HFImageCase):
         x, y = self.batches(10_000)
         return F.cross_entropy(self.model(pixel_values=x).logits, y)
 
-    def train_step(self, step: int) -> torch.Tensor:
-        self.validate_then_forget(step)
-        return super().train_step(step)
-
 
 @register
 class HoldoutSoftmaxGpt2(Holdout, GPT2Case):
@@ -461,11 +457,6 @@ class HoldoutBnNoGradMlp(NoGradValidation, TabularStep):
 
     def validation_loss(self) -> torch.Tensor:
         return self.loss(10_000)
-
-    def train_step(self, step: int) -> torch.Tensor:
-        loss = super().train_step(step)
-        self.validate_in_train_mode(step)
-        return loss
 
 
 @register

@@ -239,6 +239,10 @@ class EvalModeMixin:
             with torch.no_grad():
                 self.validation = self.validation_loss()
 
+    def train_step(self, step: int) -> torch.Tensor:
+        self.validate_then_forget(step)
+        return super().train_step(step)  # type: ignore[misc]
+
     def prove(self, losses: list[float]) -> Proof:
         kinds = (nn.Dropout, nn.modules.batchnorm._BatchNorm)
         mode_dependent = [m for m in self.model.modules() if isinstance(m, kinds)]
@@ -264,10 +268,6 @@ class EvalModeCnn(EvalModeMixin, DigitsImageCase):
     def validation_loss(self) -> torch.Tensor:
         return self.loss(10_000)
 
-    def train_step(self, step: int) -> torch.Tensor:
-        self.validate_then_forget(step)
-        return super().train_step(step)
-
 
 @register
 class EvalModeResnet(EvalModeMixin, HFImageCase):
@@ -285,10 +285,6 @@ class EvalModeResnet(EvalModeMixin, HFImageCase):
     def validation_loss(self) -> torch.Tensor:
         x, y = self.batches(10_000)
         return F.cross_entropy(self.model(pixel_values=x).logits, y)
-
-    def train_step(self, step: int) -> torch.Tensor:
-        self.validate_then_forget(step)
-        return super().train_step(step)
 
 
 @register
@@ -308,7 +304,3 @@ class EvalModeGpt2(EvalModeMixin, GPT2Case):
         ids, targets = self.windows(10_000)
         logits = self.model(input_ids=ids).logits
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    def train_step(self, step: int) -> torch.Tensor:
-        self.validate_then_forget(step)
-        return super().train_step(step)

@@ -35,8 +35,8 @@ Entry = tuple[str, torch.Tensor, Rule]  # (field, value, rule) from a probe
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One closed step: its keys, shapes, rules and process groups, the device tensors (one
-    per key; concatenated once per flush), host values and row labels of packed tensors."""
+    """One closed step: its keys, shapes, rules and process groups, its device values packed
+    into one tensor in key order (``_packed``), host values and row labels of packed tensors."""
 
     step: int
     keys: tuple[Key, ...]
@@ -104,7 +104,7 @@ class StepAccumulator:
         return (layer, field) in self._values or (layer, field) in self._host
 
     def close(self, step: int) -> StepRecord | None:
-        """Freeze the step (views only: packed at flush time) and start a new one."""
+        """Freeze the step (its values packed into one tensor) and start a new one."""
         values, rules, groups = self._values, self._rules, self._groups
         host, labels = self._host, self._labels
         self._values, self._rules, self._groups, self._host, self._labels = {}, {}, {}, {}, {}

@@ -76,14 +76,13 @@ class LossRule:
     def _start_level(self, t) -> float:
         """The loss the run started from: the median of its first ``loss_level_window``
         finite losses (fixed once that many exist; before, the median of those seen)."""
-        if math.isnan(self.start):
-            first = self.losses.array()[: t.loss_level_window]
-            if first.size == 0:
-                return math.inf
-            if first.size < t.loss_level_window:
-                return float(np.median(first))
-            self.start = float(np.median(first))
-        return self.start
+        if not math.isnan(self.start):
+            return self.start
+        first = self.losses.array()[: t.loss_level_window]
+        level = float(np.median(first)) if first.size else math.inf
+        if first.size == t.loss_level_window:
+            self.start = level
+        return level
 
     def observe_window(self, window: list[StepMetrics], ctx: RunContext) -> None:
         steps = [
