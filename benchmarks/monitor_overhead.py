@@ -10,9 +10,14 @@ rounds only:
   plain       no monitoring
   control     plain again, in its own rounds: plain-vs-plain (A/A) shows the noise floor
   default     vs.Monitor at default settings (MonitorConfig())
-  everything  vs.Monitor measuring everything every step (MonitorConfig.everything())
-  compiled    the same with torch.compile'd statistics kernels (kernels="compiled"; the
-              one-time compile happens in the untimed warm-up and is reported separately)
+  default_eager  the same with kernels="eager" (the plain ATen statistics)
+  everything  vs.Monitor measuring everything every step (MonitorConfig.everything(); its
+              kernels="auto" runs the CPU C kernels of vitalstats.stats.native, built in
+              the untimed warm-up if not cached)
+  eager       the same with the plain ATen kernels (kernels="eager"): what the C kernels save
+  compiled    the same with kernels="compiled" (torch.compile'd kernels on an accelerator;
+              on the CPU the C kernels again; the one-time compile happens in the untimed
+              warm-up and is reported separately)
   tensorboard histograms of every weight and gradient each step with torch's SummaryWriter
               (what wandb.watch(log="all", log_freq=1) does)
 
@@ -113,8 +118,8 @@ def resnet():
 
 MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "gpt2": gpt2, "resnet": resnet}
 VARIANTS = {
-    "mlp": ("plain", "control", "default", "everything", "compiled", "tensorboard"),
-    "cnn": ("plain", "control", "default", "everything", "compiled", "tensorboard"),
+    "mlp": ("plain", "control", "default", "default_eager", "everything", "eager", "tensorboard"),
+    "cnn": ("plain", "control", "default", "default_eager", "everything", "eager", "tensorboard"),
     "gpt2": ("plain", "control", "default"),
     "resnet": ("plain", "control", "default"),
 }
@@ -151,8 +156,12 @@ class Mode:
         self.step_index = 0
         if kind == "default":
             self.monitor = vs.Monitor(model, optimizer=optimizer)
-        elif kind in ("everything", "compiled"):
-            kernels = "compiled" if kind == "compiled" else "eager"
+        elif kind == "default_eager":
+            self.monitor = vs.Monitor(
+                model, optimizer=optimizer, config=MonitorConfig(kernels="eager")
+            )
+        elif kind in ("everything", "eager", "compiled"):
+            kernels = {"everything": "auto", "eager": "eager", "compiled": "compiled"}[kind]
             config = MonitorConfig.everything(kernels=kernels)
             self.monitor = vs.Monitor(model, optimizer=optimizer, config=config)
         elif kind == "tensorboard":

@@ -43,8 +43,8 @@ def test_compiled_summary_equals_eager_within_float32_reordering(compiled_availa
 def test_compiled_adam_sums_equal_eager(compiled_available):
     g = torch.Generator().manual_seed(1)
     m, v, theta = torch.randn(1000, generator=g), torch.rand(1000, generator=g), torch.randn(1000)
-    eager = tensor_sums_kernel("eager")(m, v, theta, 1e-8, None)
-    compiled = tensor_sums_kernel("compiled")(m, v, theta, 1e-8, None)
+    eager = tensor_sums_kernel("eager")([m], [v], [theta], [1e-8], [None])
+    compiled = tensor_sums_kernel("compiled")([m], [v], [theta], [1e-8], [None])
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
 
 

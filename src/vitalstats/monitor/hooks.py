@@ -83,6 +83,9 @@ class Hooks:
         self._sentinel = min(trainable, key=lambda p: p.numel()) if trainable else None
         self._grad_at_step: tuple[torch.Tensor, int] | None = None
         self._summary = summary_kernel(state.config.kernels)
+        self._shift_hints: dict[tuple[str, str], torch.Tensor] | None = (
+            {} if state.config.kernels != "eager" else None
+        )
 
     # ----------------------------------------------------------------------------- life cycle
     def attach(self) -> None:
@@ -133,7 +136,7 @@ class Hooks:
             s.acc.add("", probes.INPUT_SUM, per_sample.sum(), "sum")  # NaN on any rank
         features = x.shape[-1] if x.dim() == 3 else (x.shape[1] if x.dim() >= 2 else 0)
         if s.due.activations and 0 < features <= _MAX_INPUT_FEATURES:
-            for field, value, rule in probes.input_feature_entries(x):
+            for field, value, rule in probes.input_feature_entries(x, s.config.kernels):
                 s.acc.add("", field, value, rule)
 
     def _forward_hook(self, name: str, layer: nn.Module) -> Callable[[nn.Module, tuple, Any], None]:
@@ -166,17 +169,17 @@ class Hooks:
                 unit_dim = -1 if detached.dim() >= 3 and previous_is_linear else 1
                 level = config.thresholds.saturation_level
                 entries = probes.activation_entries(
-                    detached, kind, unit_dim, level, config.histogram_max_values, self._summary
-                )
+                    detached, kind, unit_dim, level, config.histogram_max_values, self._summary,
+                    self._hint(name, "act"),
+                )  # fmt: skip
                 for field, value, rule in entries:
                     acc.add(name, field, value, rule)
                 self._link(name, args, y, chained, normalises)
             if d.nonfinite and sentinel:  # the summary's centre is non-finite iff the output is
                 value = entries[0][1][1] if summarised else probes.nonfinite_sentinel(detached)
                 acc.add(name, probes.NONFINITE, value, "sum")
-            if d.histograms and detached.numel():  # binned for every layer at once, in step()
-                sample = probes.activation_sample(detached, config.histogram_max_values)
-                s.histogram_samples.append((name, sample))
+            if d.histograms and detached.numel():
+                self._activation_histogram(name, detached)
             if batchnorm and d.norm_layers and module.training:
                 self._batch_statistics(name, module, args)
             if d.output_grads and y.requires_grad and not s.lint:
@@ -222,9 +225,38 @@ class Hooks:
             self.state.acc.add(name, bn.BN_RUNNING_VAR, before[1], "same")
         self.state.acc.add(name, bn.BN_BATCH, block, "summary")
 
+    def _hint(self, name: str, what: str) -> torch.Tensor | None:
+        """The layer's mean in its last summary of ``what`` (NaN at first): the compiled CPU
+        kernels' proposed shift, so one pass over the tensor is enough (``native``)."""
+        if self._shift_hints is None or torch.compiler.is_compiling():
+            return None
+        hint = self._shift_hints.get((name, what))
+        if hint is None:
+            hint = self._shift_hints[(name, what)] = torch.full(
+                (1,), float("nan"), dtype=torch.float64
+            )
+        return hint
+
+    def _activation_histogram(self, name: str, y: torch.Tensor) -> None:
+        """``act_hist`` of a layer output: binned in place now by the C kernels, else its
+        sample is copied out and binned with every other layer's in ``step()``."""
+        s, config = self.state, self.state.config
+        if probes.native_histograms_apply([y], config.kernels):
+            counts = probes.histogram_counts([y], config.histogram_bins,
+                                             config.activation_histogram_range,
+                                             config.histogram_max_values, kernels=config.kernels)  # fmt: skip
+            s.acc.add(name, probes.ACT_HIST, counts[0], "sum")
+        else:  # binned for every layer at once, in step()
+            s.histogram_samples.append(
+                (name, probes.activation_sample(y, config.histogram_max_values))
+            )
+
     def _output_grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
-            for field, value, rule in probes.output_grad_entries(grad.detach(), self._summary):
+            entries = probes.output_grad_entries(
+                grad.detach(), self._summary, self._hint(name, "out_grad")
+            )
+            for field, value, rule in entries:
                 self.state.acc.add(name, field, value, rule)
 
         return hook
@@ -287,9 +319,7 @@ class Hooks:
     def measure_before_step(self, snapshot: bool = True, gradients: bool = True) -> None:
         d, probe, acc = self.state.due, self.parameters, self.state.acc
         if d.parameters or d.updates:
-            probe.weights(acc)
-        if d.updates and snapshot:
-            probe.snapshot()
+            probe.weights(acc, snapshot=d.updates and snapshot)  # the copy: in the same pass
         if gradients:
             self.measure_gradients()
 
@@ -309,7 +339,7 @@ class Hooks:
         same keys)."""
         s, config = self.state, self.state.config
         for group in self.parameters.groups:
-            names, samples = [], []
+            names, grads = [], []
             for name, p in zip(group.names, group.params):
                 g = p.grad
                 if g is None or g.is_sparse:
@@ -317,12 +347,13 @@ class Hooks:
                 g = local_view(g.detach())
                 if g.numel() or group.sharded:
                     names.append(name)
-                    samples.append(probes.gradient_sample(g, config.histogram_max_values))
+                    grads.append(g)
             if not names:
                 continue
-            counts = probes.histograms(
-                samples, config.histogram_bins, config.gradient_histogram_log10_range, True
-            )
+            counts = probes.histogram_counts(
+                grads, config.histogram_bins, config.gradient_histogram_log10_range,
+                config.histogram_max_values, log10_abs=True, kernels=config.kernels,
+            )  # fmt: skip
             for name, row in zip(names, counts):
                 s.acc.add(name, probes.GRAD_HIST, row, group.rule("sum"), group.reduce_over)
 

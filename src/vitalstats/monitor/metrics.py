@@ -41,6 +41,13 @@ def finalize(raw: np.ndarray) -> np.ndarray:
     """Host twin of ``vitalstats.stats.summary.finalize``: ``(..., 7)`` raw fields ->
     ``(..., 6)`` [count, mean, M2, min, max, nonfinite] with mean = K + r / n and
     M2 = q - r^2 / n in float64."""
+    if raw.ndim == 1:  # one summary (a layer's): plain floats, a tenth of numpy's overhead
+        count, shift, residual, centred_sq, low, high, nonfinite = (float(v) for v in raw)
+        safe = max(count, 1.0)
+        mean = shift + residual / safe if count > 0 else 0.0
+        m2 = centred_sq - residual * residual / safe
+        m2 = m2 if m2 > 0.0 or math.isnan(m2) else 0.0  # np.maximum propagates NaN too
+        return np.array([count, mean, m2, low, high, nonfinite])
     count, shift, residual, centred_sq = raw[..., 0], raw[..., 1], raw[..., 2], raw[..., 3]
     safe = np.maximum(count, 1.0)
     with np.errstate(invalid="ignore", over="ignore"):

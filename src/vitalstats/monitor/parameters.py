@@ -26,8 +26,8 @@ from torch import nn
 
 from vitalstats.monitor.recorder import Rule, StepAccumulator
 from vitalstats.optim.moment_stats import adam_entries, moment_sums, tensor_sums_kernel
-from vitalstats.stats.kernels import summary_kernel
-from vitalstats.stats.summary import raw_summary
+from vitalstats.stats import native
+from vitalstats.stats.kernels import Mode, check_mode, native_kernels, raw_summaries
 
 # Raw fields, one packed tensor per parameter group and step (metrics.py names them).
 GRAD = "grad"  # (P, 7) raw summaries of the gradients (min/max give max |g|)
@@ -106,10 +106,10 @@ class ParameterProbe:
     """Measures the named parameters it is given (those with ``requires_grad``)."""
 
     def __init__(
-        self, named_parameters: list[tuple[str, nn.Parameter]], kernels: str = "eager"
+        self, named_parameters: list[tuple[str, nn.Parameter]], kernels: str = "auto"
     ) -> None:
         self.named = named_parameters
-        self._summary = summary_kernel(kernels)  # type: ignore[arg-type]
+        self._kernels: Mode = check_mode(kernels)
         self._adam_kernel = tensor_sums_kernel(kernels)
         self.numel = {name: p.numel() for name, p in named_parameters}
         by_layout: dict[tuple[int, ...], ParameterGroup] = {}
@@ -127,6 +127,7 @@ class ParameterProbe:
         self._buffers: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
         self._has_snapshot = False
+        self._shift_hints: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------- helpers
     @staticmethod
@@ -153,17 +154,24 @@ class ParameterProbe:
             self._buffers[key] = buffers
         return buffers
 
-    def _summaries(self, tensors: list[torch.Tensor | None], extremes: bool) -> torch.Tensor:
+    def _summaries(
+        self, slot: str, tensors: list[torch.Tensor | None], extremes: bool
+    ) -> torch.Tensor:
         """(P, 7) raw summaries (no NaN/Inf count: a non-finite tensor shows in its norm); a
         missing gradient is an empty row."""
-        device = next(t.device for t in tensors if t is not None)
-        empty = raw_summary(torch.zeros(0, device=device))
-        summary = self._summary
-        rows = [
-            empty if t is None else summary(t, extremes=extremes, count_nonfinite=False)
-            for t in tensors
-        ]
-        return torch.stack(rows)
+        return raw_summaries(tensors, self._kernels, extremes=extremes, count_nonfinite=False,
+                             hints=self._hints(slot, len(tensors)))  # fmt: skip
+
+    def _hints(self, slot: str, count: int) -> torch.Tensor | None:
+        """Each tensor's mean at its previous summary in this ``slot`` (NaN at first): the
+        compiled CPU kernels' proposed shifts, one pass instead of two (``native``)."""
+        if self._kernels == "eager":
+            return None
+        hints = self._shift_hints.get(slot)
+        if hints is None or hints.numel() != count:
+            hints = torch.full((count,), float("nan"), dtype=torch.float64)
+            self._shift_hints[slot] = hints
+        return hints
 
     # ----------------------------------------------------------------------------- probes
     @torch.no_grad()
@@ -176,7 +184,7 @@ class ParameterProbe:
             if not present:
                 continue
             if full:
-                summaries = self._summaries(grads, extremes=True)
+                summaries = self._summaries(field_name(GRAD, group), grads, extremes=True)
                 acc.add("", field_name(GRAD, group), summaries, group.rule("summary"),
                         group.reduce_over, tuple(group.names))  # fmt: skip
             else:
@@ -187,13 +195,44 @@ class ParameterProbe:
                 acc.add("", field_name(GRAD_SQ, group), packed, group.rule("sum"),
                         group.reduce_over, tuple(group.names))  # fmt: skip
 
+    def _fused(
+        self,
+        slot: str,
+        tensors: list[torch.Tensor],
+        minus: list[torch.Tensor] | None = None,
+        copy_into: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """The summaries from one fused C kernel call (``native.fused_summaries``), or None
+        where it does not apply (eager kernels, a tensor not float32, not dense, ...)."""
+        if self._kernels == "eager":
+            return None
+        partners = minus if minus is not None else copy_into
+        pairs = zip(tensors, partners) if partners is not None else ((t, t) for t in tensors)
+        if not all(
+            a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+            and a.stride() == b.stride() and native.supports(a) and native.supports(b)
+            for a, b in pairs
+        ) or not native_kernels(self._kernels):  # fmt: skip
+            return None
+        hints = self._hints(slot, len(tensors))
+        return native.fused_summaries(tensors, hints, minus=minus, copy_into=copy_into)  # type: ignore[arg-type]
+
     @torch.no_grad()
-    def weights(self, acc: StepAccumulator) -> None:
-        """Summary (mean, centred M2) of every parameter before the step."""
+    def weights(self, acc: StepAccumulator, snapshot: bool = False) -> None:
+        """Summary (mean, centred M2) of every parameter before the step; with ``snapshot``
+        also copy them for the update (one pass over the weights with the C kernels)."""
         for group in self.groups:
-            summaries = self._summaries(self._locals(group.params), extremes=False)
-            acc.add("", field_name(WEIGHT, group), summaries, group.rule("summary"),
-                    group.reduce_over, tuple(group.names))  # fmt: skip
+            slot, params = field_name(WEIGHT, group), self._locals(group.params)
+            before = self._workspace("before", group) if snapshot else None
+            summaries = self._fused(slot, params, copy_into=before)  # type: ignore[arg-type]
+            if summaries is None:
+                summaries = self._summaries(slot, params, extremes=False)
+                if before is not None:
+                    torch._foreach_copy_(before, params)
+            acc.add("", slot, summaries, group.rule("summary"), group.reduce_over,
+                    tuple(group.names))  # fmt: skip
+        if snapshot:
+            self._has_snapshot = True
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -209,16 +248,20 @@ class ParameterProbe:
 
     @torch.no_grad()
     def updates(self, acc: StepAccumulator) -> None:
-        """Summary of update = w_after - w_before for every parameter."""
+        """Summary of update = w_before - w_after for every parameter (its mean is negated
+        when the metrics are derived)."""
         if not self._has_snapshot:
             return
         self._has_snapshot = False
         for group in self.groups:
-            diffs = self._workspace("before", group)
-            torch._foreach_sub_(diffs, self._locals(group.params))  # w_before - w_after
-            summaries = self._summaries(diffs, extremes=False)  # metrics negate the mean
-            acc.add("", field_name(UPDATE, group), summaries, group.rule("summary"),
-                    group.reduce_over, tuple(group.names))  # fmt: skip
+            slot, after = field_name(UPDATE, group), self._locals(group.params)
+            before = self._workspace("before", group)
+            summaries = self._fused(slot, before, minus=after)  # type: ignore[arg-type]
+            if summaries is None:
+                torch._foreach_sub_(before, after)  # w_before - w_after, in place
+                summaries = self._summaries(slot, before, extremes=False)
+            acc.add("", slot, summaries, group.rule("summary"), group.reduce_over,
+                    tuple(group.names))  # fmt: skip
 
     @torch.no_grad()
     def optimizer_moments(self, optimizer: torch.optim.Optimizer, acc: StepAccumulator) -> None:

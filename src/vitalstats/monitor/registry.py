@@ -61,7 +61,7 @@ ACT_MEAN = _define("act_mean", "layer", "output units", "mean of every value of 
 ACT_STD = _define("act_std", "layer", "output units", "population std of those values (centred two-pass sums, exact merges)", "activations_every")
 ACT_MIN = _define("act_min", "layer", "output units", "smallest output value", "activations_every")
 ACT_MAX = _define("act_max", "layer", "output units", "largest output value", "activations_every")
-ACT_NONFINITE_FRACTION = _define("act_nonfinite_fraction", "layer", "fraction", "NaN/Inf values / all values of the output: exactly 0 for a finite output; for outputs above histogram_max_values values, the count is estimated from a strided sample of that many", "activations_every")
+ACT_NONFINITE_FRACTION = _define("act_nonfinite_fraction", "layer", "fraction", "NaN/Inf values / all values of the output: exactly 0 for a finite output; counted exactly by the C kernels (kernels auto/compiled on the CPU), else for outputs above histogram_max_values values estimated from a strided sample of that many", "activations_every")
 ACT_SATURATED_FRACTION = _define("act_saturated_fraction", "layer", "fraction", "tanh-like (Tanh, Hardtanh, Softsign): share of values with |y| > saturation_level (0.97, makemore's cut); sigmoid-like: |2y - 1| > saturation_level, the same cut in tanh units since sigmoid(x) = (1 + tanh(x/2)) / 2", "activations_every")
 ACT_DEAD_FRACTION = _define("act_dead_fraction", "layer", "fraction", "ReLU/ReLU6: share of units zero for every sample and position of the step; units are dim 1 (features, conv channels), the last dim of an (N, L, C) output after a Linear", "activations_every")
 OUT_GRAD_STD = _define("out_grad_std", "layer", "gradient units", "std of d loss / d output", "output_grads_every")
@@ -82,7 +82,7 @@ BN_MEAN_DRIFT = _define("bn_mean_drift", "norm_layer", "running stds", "mean ove
 BN_VAR_LOG_RATIO = _define("bn_var_log_ratio", "norm_layer", "log ratio", "mean over channels of log(var_B / var_run) (biased batch variance)", "norm_layers_every")
 
 # ---------------------------------------------------------------------------------- histograms
-ACT_HIST = _define("act_hist", "layer", "counts", "fixed-bin histogram of output values over activation_histogram_range (values outside and +-Inf in the end bins, NaN left out), from a strided sample of at most histogram_max_values", "histograms_every", "histogram")
+ACT_HIST = _define("act_hist", "layer", "counts", "fixed-bin histogram of output values over activation_histogram_range (values outside and +-Inf in the end bins, NaN left out), from a sample of at most histogram_max_values in evenly spaced runs of 16 consecutive values", "histograms_every", "histogram")
 GRAD_HIST = _define("grad_hist", "parameter", "counts", "fixed-bin histogram of log10 |gradient| over gradient_histogram_log10_range (zeros in the first bin), same sampling", "histograms_every", "histogram")
 # fmt: on
 

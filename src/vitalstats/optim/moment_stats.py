@@ -153,17 +153,31 @@ def _tensor_sums_graph(m: Tensor, v: Tensor, eps_scaled: float) -> Tensor:
 
 
 _COMPILED_SUMS: Any = None
-_COMPILE_FROM = 4096  # elements: below this the eager kernels are faster (measured, CPU)
+_COMPILE_FROM = 4096  # elements: below this the eager kernels are faster (measured)
+
+
+def _eager_sums(
+    ms: list[Tensor],
+    vs: list[Tensor],
+    thetas: list[Tensor | None],
+    eps: list[float],
+    works: list[Tensor | None],
+) -> Tensor:
+    return torch.stack([_tensor_sums(*args) for args in zip(ms, vs, thetas, eps, works)])
 
 
 def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
-    """The per-tensor sums of ``moment_sums``: the eager code, or (``"compiled"``) the same
-    maths compiled by ``torch.compile`` (see ``vitalstats.stats.kernels``)."""
+    """``sums(ms, vs, thetas, eps, works) -> (P, 4)``: ``_tensor_sums`` of each parameter,
+    by the eager code or (``"compiled"``) in fused kernels (``vitalstats.stats.kernels``):
+    the CPU C kernel for float32 state (the four sums of every parameter in one call), else
+    ``torch.compile`` on accelerators."""
     global _COMPILED_SUMS
-    from vitalstats.stats.kernels import CompiledKernel, check_mode
+    from vitalstats.stats import native
+    from vitalstats.stats.kernels import CompiledKernel, check_mode, native_kernels
 
     if check_mode(mode) == "eager":
-        return _tensor_sums
+        return _eager_sums
+    accelerated = mode == "compiled"  # "auto": the C kernels on the CPU, eager elsewhere
     if _COMPILED_SUMS is None:
         _COMPILED_SUMS = CompiledKernel(
             "Adam statistics",
@@ -172,10 +186,43 @@ def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
         )
     kernel = _COMPILED_SUMS
 
-    def sums(m: Tensor, v: Tensor, theta: Tensor | None, eps: float, work: Tensor | None) -> Tensor:
-        if m.numel() < _COMPILE_FROM or theta is not None:  # tiny tensors: eager is faster
-            return _tensor_sums(m, v, theta, eps, work)
+    def in_c(m: Tensor, v: Tensor, theta: Tensor | None) -> bool:
+        return all(
+            t.dtype == torch.float32 and t.shape == m.shape and native.supports(t)
+            for t in ((m, v) if theta is None else (m, v, theta))
+        )
+
+    def one(m: Tensor, v: Tensor, theta: Tensor | None, eps: float, work: Tensor | None) -> Tensor:
+        if (
+            not accelerated
+            or m.device.type == "cpu"
+            or m.numel() < _COMPILE_FROM
+            or theta is not None
+        ):
+            return _tensor_sums(m, v, theta, eps, work)  # tiny tensors: eager is faster
         return torch.cat([kernel(m, v, eps), m.new_full((1,), float("nan"), dtype=torch.float64)])
+
+    def sums(
+        ms: list[Tensor],
+        vs: list[Tensor],
+        thetas: list[Tensor | None],
+        eps: list[float],
+        works: list[Tensor | None],
+    ) -> Tensor:
+        in_native = [i for i in range(len(ms)) if in_c(ms[i], vs[i], thetas[i])]
+        if in_native and native_kernels(mode):  # type: ignore[arg-type]
+            block = native.adam_sums(
+                *([seq[i] for i in in_native] for seq in (ms, vs, thetas, eps))
+            )
+            if len(in_native) == len(ms):
+                return block
+            rows = dict(zip(in_native, block))
+        else:
+            rows = {}
+        return torch.stack([
+            rows[i] if i in rows else one(ms[i], vs[i], thetas[i], eps[i], works[i])
+            for i in range(len(ms))
+        ])  # fmt: skip
 
     return sums
 
@@ -186,7 +233,7 @@ def moment_sums(
     *,
     local: Callable[[Tensor], Tensor] = _identity,
     workspace: Callable[[int, Tensor], Tensor | None] | None = None,
-    kernel: Callable[..., Tensor] = _tensor_sums,
+    kernel: Callable[..., Tensor] | None = None,
     with_params: bool = True,
 ) -> Tensor:
     """Per-parameter sums of Adam's statistics, a float64 ``(P, 5)`` tensor on the first
@@ -197,28 +244,31 @@ def moment_sums(
     over the elements ``local`` returns (identity by default; the monitor passes each
     DTensor's local shard, so shards' sums add up to the whole parameter's). ``workspace(i,
     m)`` may return a reusable scratch tensor shaped like ``m`` for entry ``i``; ``kernel``
-    computes one tensor's sums (``tensor_sums_kernel``); ``with_params=False`` skips sum
+    computes every tensor's sums (``tensor_sums_kernel``); ``with_params=False`` skips sum
     theta^2 (NaN). No host read but the CPU step counters."""
     if not entries:
         return torch.zeros((0, len(MOMENT_SUM_FIELDS)), dtype=torch.float64)
     device = local(entries[0].param).device
     steps = _step_values([entry.state["step"] for entry in entries])
-    rows, scales = [], []
+    ms, vs, thetas, eps, works, counts, scales = [], [], [], [], [], [], []
     for index, (entry, t) in enumerate(zip(entries, steps)):
         beta1, beta2 = (float(beta) for beta in entry.group["betas"])
         second = entry.state["exp_avg_sq"]
         if entry.group.get("amsgrad"):  # absent only if amsgrad was switched on after a step
             second = entry.state.get("max_exp_avg_sq", second)
         m = _real_view(local(entry.state["exp_avg"]))
-        v = _real_view(local(second))
-        theta = _real_view(local(entry.param.detach())) if with_params else None
+        ms.append(m)
+        vs.append(_real_view(local(second)))
+        thetas.append(_real_view(local(entry.param.detach())) if with_params else None)
         c1, sqrt_c2 = 1 - beta1**t, (1 - beta2**t) ** 0.5
-        work = workspace(index, m) if workspace is not None else None
+        works.append(workspace(index, m) if workspace is not None else None)
         # m_hat / (sqrt(v_hat) + eps) = (sqrt_c2 / c1) * m / (sqrt(v) + eps * sqrt_c2)
-        sums = kernel(m, v, theta, float(entry.group["eps"]) * sqrt_c2, work)
-        rows.append(torch.cat([sums.new_full((1,), float(m.numel())), sums]).to(device))
+        eps.append(float(entry.group["eps"]) * sqrt_c2)
+        counts.append(float(m.numel()))
         scales.append((1.0 / c1, 1.0 / sqrt_c2, (sqrt_c2 / c1) ** 2, entry.group["lr"]))
-    table = torch.stack(rows).to(torch.float64)
+    sums = (kernel or _eager_sums)(ms, vs, thetas, eps, works).to(device, torch.float64)
+    count = torch.tensor(counts, dtype=torch.float64).to(device)
+    table = torch.cat([count[:, None], sums], 1)
     factors = torch.tensor([s[:3] for s in scales], dtype=torch.float64).to(device)
     lrs = [s[3] for s in scales]
     if any(isinstance(lr, Tensor) for lr in lrs):  # a tensor lr stays on its device

@@ -1,0 +1,497 @@
+/* Fused statistics kernels for the CPU, compiled at first use by vitalstats.stats.native.
+ *
+ * Raw summary of n values x (any order; contiguous storage):
+ *     K = float(sum(x) / n)                   the shift (compute dtype: float, double for f64)
+ *     r = sum(x - K),  q = sum((x - K)^2)     one fused second pass, with
+ *     min, max (NaN if any NaN), NaN/Inf count
+ * Adam sums of moments m, v (float32) and eps e, in one pass (and sum theta^2 in another):
+ *     sum |m|,  sum sqrt(v),  sum (m / (sqrt(v) + e))^2
+ *
+ * Accuracy: sums run in LANES independent accumulators (so the compiler vectorises them
+ * without reassociating anything: no -ffast-math) that are folded into a double every
+ * BLOCK values; a float32 accumulator therefore adds at most BLOCK / LANES = 64 terms
+ * before the fold. NaN and Inf propagate as IEEE arithmetic says (no finite-math flags).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 32
+#define BLOCK 2048
+
+enum { F32 = 0, F64 = 1, BF16 = 2 };
+enum { EXTREMES = 1, COUNT_NONFINITE = 2 };
+
+static inline float bf16_value(const uint16_t *p, int64_t i) {
+    uint32_t bits = (uint32_t)p[i] << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+#define LOAD_F32(p, i) (((const float *)(p))[i])
+#define LOAD_F64(p, i) (((const double *)(p))[i])
+#define LOAD_BF16(p, i) bf16_value((const uint16_t *)(p), (i))
+
+/* sum over x in blocks: LANES accumulators of type ACC per block, folded into a double */
+#define DEFINE_SUM(NAME, ACC, LOAD)                                                         \
+    static double NAME(const void *x, int64_t n) {                                          \
+        double total = 0.0;                                                                 \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                \
+            int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;                 \
+            ACC acc[LANES] = {0};                                                           \
+            for (; i + LANES <= end; i += LANES)                                            \
+                for (int j = 0; j < LANES; j++) acc[j] += LOAD(x, i + j);                   \
+            double block = 0.0;                                                             \
+            for (; i < end; i++) block += LOAD(x, i);                                       \
+            for (int j = 0; j < LANES; j++) block += acc[j];                                \
+            total += block;                                                                 \
+        }                                                                                   \
+        return total;                                                                       \
+    }
+
+/* the centred pass: out[0..3] = r, q, min, max (min/max only with `extremes`) */
+#define DEFINE_CENTRED(NAME, ACC, LOAD)                                                     \
+    static void NAME(const void *x, int64_t n, ACC k, int extremes, double *out) {          \
+        double r = 0.0, q = 0.0;                                                            \
+        ACC low = INFINITY, high = -INFINITY;                                               \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                \
+            int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;                 \
+            ACC rs[LANES] = {0}, qs[LANES] = {0}, lows[LANES], highs[LANES];                \
+            for (int j = 0; j < LANES; j++) lows[j] = INFINITY, highs[j] = -INFINITY;       \
+            if (extremes)                                                                   \
+                for (; i + LANES <= end; i += LANES)                                        \
+                    for (int j = 0; j < LANES; j++) {                                       \
+                        ACC v = LOAD(x, i + j), d = v - k;                                  \
+                        rs[j] += d;                                                         \
+                        qs[j] += d * d;                                                     \
+                        lows[j] = v < lows[j] ? v : lows[j];                                \
+                        highs[j] = v > highs[j] ? v : highs[j];                             \
+                    }                                                                       \
+            else                                                                            \
+                for (; i + LANES <= end; i += LANES)                                        \
+                    for (int j = 0; j < LANES; j++) {                                       \
+                        ACC d = LOAD(x, i + j) - k;                                         \
+                        rs[j] += d;                                                         \
+                        qs[j] += d * d;                                                     \
+                    }                                                                       \
+            for (; i < end; i++) {                                                          \
+                ACC v = LOAD(x, i), d = v - k;                                              \
+                r += d;                                                                     \
+                q += (double)d * d;                                                         \
+                low = v < low ? v : low;                                                    \
+                high = v > high ? v : high;                                                 \
+            }                                                                               \
+            for (int j = 0; j < LANES; j++) {                                               \
+                r += rs[j];                                                                 \
+                q += qs[j];                                                                 \
+                low = lows[j] < low ? lows[j] : low;                                        \
+                high = highs[j] > high ? highs[j] : high;                                   \
+            }                                                                               \
+        }                                                                                   \
+        out[0] = r, out[1] = q, out[2] = low, out[3] = high;                                \
+    }
+
+/* NaN and NaN/Inf counts: a second look, taken only when the sums came out non-finite */
+#define DEFINE_NONFINITE(NAME, LOAD)                                                        \
+    static void NAME(const void *x, int64_t n, double *nan, double *bad) {                  \
+        int64_t nans = 0, bads = 0;                                                         \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            double v = LOAD(x, i);                                                          \
+            nans += v != v;                                                                 \
+            bads += !(v - v == 0);                                                          \
+        }                                                                                   \
+        *nan = (double)nans, *bad = (double)bads;                                           \
+    }
+
+DEFINE_SUM(sum_f32, float, LOAD_F32)
+DEFINE_SUM(sum_f64, double, LOAD_F64)
+DEFINE_SUM(sum_bf16, float, LOAD_BF16)
+DEFINE_CENTRED(centred_f32, float, LOAD_F32)
+DEFINE_CENTRED(centred_f64, double, LOAD_F64)
+DEFINE_CENTRED(centred_bf16, float, LOAD_BF16)
+DEFINE_NONFINITE(nonfinite_f32, LOAD_F32)
+DEFINE_NONFINITE(nonfinite_f64, LOAD_F64)
+DEFINE_NONFINITE(nonfinite_bf16, LOAD_BF16)
+
+/* One tensor's centred pass about a proposed shift `hint`, kept only if it was close to
+ * the mean: (mean - K)^2 <= var, i.e. r^2 <= n M2, so M2 = q - r^2 / n loses under a third
+ * of a digit. Returns 0 (and the caller takes the two-pass route) otherwise. */
+#define TRY_HINT(CENTRED, TYPE)                                                             \
+    {                                                                                       \
+        k = (TYPE)hint;                                                                     \
+        CENTRED(x, n, (TYPE)k, extremes, c);                                                \
+        double m2 = c[1] - c[0] * c[0] / (double)n;                                         \
+        accepted = isfinite(c[0]) && isfinite(c[1]) && c[0] * c[0] <= (double)n * m2;       \
+    }
+
+/* out: count rows of [n, K, r, q, min, max, nonfinite] (vitalstats' RAW_FIELDS). `hints`
+ * (NULL, or one per tensor, NaN for none) proposes each shift K, e.g. the mean this tensor
+ * had last time: one pass instead of two where it is close (see TRY_HINT); on return it
+ * holds each tensor's mean, K + r / n, the next call's hint. */
+void vs_raw_summaries(int64_t count, const void *const *data, const int64_t *numel,
+                      const int32_t *dtype, int32_t flags, double *hints, double *out) {
+    const int extremes = flags & EXTREMES;
+    for (int64_t t = 0; t < count; t++) {
+        double *row = out + 7 * t, c[4], nan = 0.0, bad = 0.0, k = 0.0;
+        double hint = hints != NULL ? hints[t] : NAN;
+        const void *x = data[t];
+        int64_t n = numel[t];
+        int accepted = 0;
+        if (n == 0) {
+            row[0] = row[1] = row[2] = row[3] = row[6] = 0.0;
+            row[4] = INFINITY, row[5] = -INFINITY;
+            continue;
+        }
+        if (isfinite(hint)) {
+            if (dtype[t] == F64)
+                TRY_HINT(centred_f64, double)
+            else if (dtype[t] == F32)
+                TRY_HINT(centred_f32, float)
+            else
+                TRY_HINT(centred_bf16, float)
+        }
+        if (!accepted) {
+            if (dtype[t] == F64) {
+                k = sum_f64(x, n) / (double)n;
+                centred_f64(x, n, k, extremes, c);
+            } else if (dtype[t] == F32) {
+                k = (float)(sum_f32(x, n) / (double)n);
+                centred_f32(x, n, (float)k, extremes, c);
+            } else {
+                k = (float)(sum_bf16(x, n) / (double)n);
+                centred_bf16(x, n, (float)k, extremes, c);
+            }
+        }
+        if (!isfinite(c[0]) || !isfinite(c[1])) {  /* a NaN/Inf value (or a float overflow) */
+            if (dtype[t] == F64)
+                nonfinite_f64(x, n, &nan, &bad);
+            else if (dtype[t] == F32)
+                nonfinite_f32(x, n, &nan, &bad);
+            else
+                nonfinite_bf16(x, n, &nan, &bad);
+        }
+        row[0] = (double)n, row[1] = k, row[2] = c[0], row[3] = c[1];
+        row[4] = !extremes ? INFINITY : nan > 0 ? NAN : c[2];
+        row[5] = !extremes ? -INFINITY : nan > 0 ? NAN : c[3];
+        row[6] = (flags & COUNT_NONFINITE) ? bad : 0.0;
+        if (hints != NULL) hints[t] = k + c[0] / (double)n;
+    }
+}
+
+/* out: count rows of [sum |m|, sum sqrt(v), sum (m / (sqrt(v) + eps))^2, sum theta^2]
+ * for float32 m, v, theta (theta may be NULL: its sum is then NaN) */
+void vs_adam_sums(int64_t count, const float *const *ms, const float *const *vs,
+                  const float *const *thetas, const int64_t *numel, const float *eps,
+                  double *out) {
+    for (int64_t t = 0; t < count; t++) {
+        const float *m = ms[t], *v = vs[t], *theta = thetas[t];
+        const float e = eps[t];
+        int64_t n = numel[t];
+        double a = 0.0, s = 0.0, q = 0.0;
+        for (int64_t start = 0; start < n; start += BLOCK) {
+            int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
+            float as[LANES] = {0}, ss[LANES] = {0}, qs[LANES] = {0};
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    float root = sqrtf(v[i + j]), step = m[i + j] / (root + e);
+                    as[j] += fabsf(m[i + j]);
+                    ss[j] += root;
+                    qs[j] += step * step;
+                }
+            for (; i < end; i++) {
+                float root = sqrtf(v[i]), step = m[i] / (root + e);
+                a += fabsf(m[i]);
+                s += root;
+                q += (double)step * step;
+            }
+            for (int j = 0; j < LANES; j++) a += as[j], s += ss[j], q += qs[j];
+        }
+        out[4 * t] = a, out[4 * t + 1] = s, out[4 * t + 2] = q;
+        if (theta == NULL) {
+            out[4 * t + 3] = NAN;
+            continue;
+        }
+        double p = 0.0;
+        for (int64_t start = 0; start < n; start += BLOCK) {
+            int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
+            float ps[LANES] = {0};
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) ps[j] += theta[i + j] * theta[i + j];
+            for (; i < end; i++) p += (double)theta[i] * theta[i];
+            for (int j = 0; j < LANES; j++) p += ps[j];
+        }
+        out[4 * t + 3] = p;
+    }
+}
+
+/* out: count rows of `bins` counts of a sample of tensor t: layout[3t..3t+2] = run, runs,
+ * step: `runs` runs of `run` consecutive values, one starting every `step` values; binned
+ * in equal bins over [low, high], in float32 as vitalstats.monitor.probes.histograms
+ * computes them: values outside the range and +-Inf in the end bins, NaN left out;
+ * `log10_abs` bins log10 |value| (zero: -Inf, the first bin). */
+void vs_histograms(int64_t count, const void *const *data, const int64_t *numel,
+                   const int32_t *dtype, const int64_t *layout, int32_t bins, double low,
+                   double high, int32_t log10_abs, float *out) {
+    const float lo = (float)low, hi = (float)high, scale = (float)(bins / (high - low));
+    /* log10 |v| bins: |v| >= 10^(lo + b / scale) starts bin b, so count the edges below |v|
+     * (float bit patterns of non-negative values order as the values: integer compares) */
+    uint32_t edges[256];
+    const int32_t inner = bins - 1 < 256 ? bins - 1 : 0;
+    for (int32_t b = 0; b < inner; b++) {
+        float edge = (float)pow(10.0, (double)lo + (b + 1) / (double)scale);
+        memcpy(&edges[b], &edge, sizeof edge);
+    }
+    int32_t top = 1;
+    while (top * 2 <= inner) top *= 2;
+    for (int64_t t = 0; t < count; t++) {
+        float *row = out + (int64_t)bins * t;
+        for (int32_t b = 0; b < bins; b++) row[b] = 0.0f;
+        const int64_t run = layout[3 * t], runs = layout[3 * t + 1], step = layout[3 * t + 2];
+        for (int64_t j = 0; j < runs; j++) {
+            const int64_t first = j * step, last = first + run < numel[t] ? first + run : numel[t];
+            for (int64_t i = first; i < last; i++) {
+                float v = dtype[t] == F32   ? LOAD_F32(data[t], i)
+                          : dtype[t] == F64 ? (float)LOAD_F64(data[t], i)
+                                            : LOAD_BF16(data[t], i);
+                if (v != v) continue;
+                int32_t b;
+                if (log10_abs && inner > 0) {
+                    uint32_t bits;
+                    v = fabsf(v);
+                    memcpy(&bits, &v, sizeof bits);
+                    b = 0; /* edges at or below |v|: a branchless binary search */
+                    for (int32_t half = top; half > 0; half >>= 1)
+                        b += (b + half <= inner && edges[b + half - 1] <= bits) ? half : 0;
+                } else {
+                    if (log10_abs) v = log10f(fabsf(v));
+                    v = v < lo ? lo : v > hi ? hi : v;
+                    float position = floorf((v - lo) * scale);
+                    b = position < 0 ? 0 : position > bins - 1 ? bins - 1 : (int32_t)position;
+                }
+                row[b] += 1.0f;
+            }
+        }
+    }
+}
+
+/* Per-feature raw summaries of x viewed as [outer][features][inner] (dense), F = features:
+ * out rows 0..F-1 hold each feature's [n, K, r, q, min, max, nonfinite] over its
+ * outer * inner values, row F the whole tensor's, merged exactly (Chan et al.) and written
+ * as [n, mean, 0, M2, min, max, nonfinite]. Two passes (the shifts K = feature means, then
+ * the centred sums), vectorised across features when inner == 1 and within each run of
+ * `inner` values otherwise. Returns 0, or -1 when out of memory. */
+#define DEFINE_FEATURES(NAME, ACC, LOAD)                                                    \
+    static int NAME(const void *x, int64_t outer, int64_t F, int64_t inner, double *out) {  \
+        double *sum = calloc((size_t)F * 7, sizeof(double));                                \
+        ACC *part = calloc((size_t)F * 5, sizeof(ACC));                                     \
+        if (sum == NULL || part == NULL) {                                                  \
+            free(sum), free(part);                                                          \
+            return -1;                                                                      \
+        }                                                                                   \
+        double *r = sum + F, *q = sum + 2 * F, *lo = sum + 3 * F, *hi = sum + 4 * F;        \
+        double *nan = sum + 5 * F, *bad = sum + 6 * F;                                      \
+        ACC *k = part, *pr = part + F, *pq = part + 2 * F, *plo = part + 3 * F,             \
+            *phi = part + 4 * F;                                                            \
+        const int64_t fold = inner == 1 ? BLOCK / LANES : 1; /* rows per float partial */   \
+        for (int64_t f = 0; f < F; f++) lo[f] = INFINITY, hi[f] = -INFINITY;                \
+        /* pass 1: per-feature sums */                                                      \
+        for (int64_t o = 0; o < outer; o++) {                                               \
+            const int64_t base = o * F * inner;                                             \
+            if (inner == 1) {                                                               \
+                for (int64_t f = 0; f < F; f++) pr[f] += LOAD(x, base + f);                 \
+                if ((o + 1) % fold == 0 || o + 1 == outer)                                  \
+                    for (int64_t f = 0; f < F; f++) sum[f] += pr[f], pr[f] = 0;             \
+            } else {                                                                        \
+                for (int64_t f = 0; f < F; f++) {                                           \
+                    ACC acc[LANES] = {0};                                                   \
+                    const int64_t start = base + f * inner, end = start + inner;            \
+                    int64_t i = start;                                                      \
+                    double block = 0.0;                                                     \
+                    for (; i + LANES <= end; i += LANES)                                    \
+                        for (int j = 0; j < LANES; j++) acc[j] += LOAD(x, i + j);           \
+                    for (; i < end; i++) block += LOAD(x, i);                               \
+                    for (int j = 0; j < LANES; j++) block += acc[j];                        \
+                    sum[f] += block;                                                        \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        const double n = (double)(outer * inner);                                           \
+        for (int64_t f = 0; f < F; f++) k[f] = (ACC)(sum[f] / n);                           \
+        for (int64_t f = 0; f < F; f++) plo[f] = INFINITY, phi[f] = -INFINITY, pr[f] = 0;   \
+        /* pass 2: centred sums, extremes */                                                \
+        for (int64_t o = 0; o < outer; o++) {                                               \
+            const int64_t base = o * F * inner;                                             \
+            if (inner == 1) {                                                               \
+                for (int64_t f = 0; f < F; f++) {                                           \
+                    ACC v = LOAD(x, base + f), d = v - k[f];                                \
+                    pr[f] += d;                                                             \
+                    pq[f] += d * d;                                                         \
+                    plo[f] = v < plo[f] ? v : plo[f];                                       \
+                    phi[f] = v > phi[f] ? v : phi[f];                                       \
+                }                                                                           \
+                if ((o + 1) % fold == 0 || o + 1 == outer)                                  \
+                    for (int64_t f = 0; f < F; f++) r[f] += pr[f], q[f] += pq[f],           \
+                                                    pr[f] = 0, pq[f] = 0;                   \
+            } else {                                                                        \
+                for (int64_t f = 0; f < F; f++) {                                           \
+                    ACC rs[LANES] = {0}, qs[LANES] = {0}, ls[LANES], hs[LANES];             \
+                    for (int j = 0; j < LANES; j++) ls[j] = INFINITY, hs[j] = -INFINITY;    \
+                    const int64_t start = base + f * inner, end = start + inner;            \
+                    int64_t i = start;                                                      \
+                    const ACC kf = k[f];                                                    \
+                    double rb = 0.0, qb = 0.0;                                              \
+                    for (; i + LANES <= end; i += LANES)                                    \
+                        for (int j = 0; j < LANES; j++) {                                   \
+                            ACC v = LOAD(x, i + j), d = v - kf;                             \
+                            rs[j] += d;                                                     \
+                            qs[j] += d * d;                                                 \
+                            ls[j] = v < ls[j] ? v : ls[j];                                  \
+                            hs[j] = v > hs[j] ? v : hs[j];                                  \
+                        }                                                                   \
+                    for (; i < end; i++) {                                                  \
+                        ACC v = LOAD(x, i), d = v - kf;                                     \
+                        rb += d, qb += (double)d * d;                                       \
+                        plo[f] = v < plo[f] ? v : plo[f];                                   \
+                        phi[f] = v > phi[f] ? v : phi[f];                                   \
+                    }                                                                       \
+                    for (int j = 0; j < LANES; j++) {                                       \
+                        rb += rs[j], qb += qs[j];                                           \
+                        plo[f] = ls[j] < plo[f] ? ls[j] : plo[f];                           \
+                        phi[f] = hs[j] > phi[f] ? hs[j] : phi[f];                           \
+                    }                                                                       \
+                    r[f] += rb, q[f] += qb;                                                 \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        int any_bad = 0;                                                                    \
+        for (int64_t f = 0; f < F; f++) {                                                   \
+            lo[f] = plo[f], hi[f] = phi[f];                                                 \
+            any_bad |= !isfinite(r[f]) || !isfinite(q[f]);                                  \
+        }                                                                                   \
+        if (any_bad) /* NaN/Inf somewhere: count them per feature */                        \
+            for (int64_t o = 0; o < outer; o++)                                             \
+                for (int64_t f = 0; f < F; f++)                                             \
+                    for (int64_t i = 0; i < inner; i++) {                                   \
+                        double v = LOAD(x, (o * F + f) * inner + i);                        \
+                        nan[f] += v != v;                                                   \
+                        bad[f] += !(v - v == 0);                                            \
+                    }                                                                       \
+        double total = 0.0, mean = 0.0, m2 = 0.0, low = INFINITY, high = -INFINITY;         \
+        double nans = 0.0, bads = 0.0;                                                      \
+        for (int64_t f = 0; f < F; f++) {                                                   \
+            double *row = out + 7 * f;                                                      \
+            row[0] = n, row[1] = k[f], row[2] = r[f], row[3] = q[f];                        \
+            row[4] = nan[f] > 0 ? NAN : lo[f];                                              \
+            row[5] = nan[f] > 0 ? NAN : hi[f];                                              \
+            row[6] = bad[f];                                                                \
+            /* Chan's merge of the feature into the running total */                        \
+            double fm = k[f] + r[f] / n, fm2 = q[f] - r[f] * r[f] / n;                      \
+            double merged = total + n, delta = fm - mean;                                   \
+            mean += delta * n / merged;                                                     \
+            m2 += (fm2 > 0 ? fm2 : 0) + delta * delta * total * n / merged;                 \
+            total = merged;                                                                 \
+            low = row[4] < low || row[4] != row[4] ? row[4] : low;                          \
+            high = row[5] > high || row[5] != row[5] ? row[5] : high;                       \
+            nans += nan[f], bads += bad[f];                                                 \
+        }                                                                                   \
+        double *row = out + 7 * F;                                                          \
+        row[0] = total, row[1] = mean, row[2] = 0.0, row[3] = m2;                           \
+        row[4] = nans > 0 ? NAN : low, row[5] = nans > 0 ? NAN : high, row[6] = bads;       \
+        free(sum), free(part);                                                              \
+        return 0;                                                                           \
+    }
+
+DEFINE_FEATURES(features_f32, float, LOAD_F32)
+DEFINE_FEATURES(features_f64, double, LOAD_F64)
+DEFINE_FEATURES(features_bf16, float, LOAD_BF16)
+
+int vs_feature_summaries(const void *x, int32_t dtype, int64_t outer, int64_t features,
+                         int64_t inner, double *out) {
+    if (dtype == F64) return features_f64(x, outer, features, inner, out);
+    if (dtype == F32) return features_f32(x, outer, features, inner, out);
+    return features_bf16(x, outer, features, inner, out);
+}
+
+/* Raw summaries (no extremes, no NaN/Inf count) of float32 parameter-sized tensors in the
+ * monitor's two fused forms. `minus` != NULL: of a - minus elementwise (an optimiser's
+ * update, w_before - w_after, without writing it out); `copy` != NULL: of a, copying a into
+ * copy[t] during the first pass (the weight snapshot taken with the weight summary). `hints`
+ * as in vs_raw_summaries (required here, NaN for none). */
+static void pass_f32(const float *a, const float *minus, float *copy, int64_t n, float k,
+                     double *r_out, double *q_out) {
+    double r = 0.0, q = 0.0;
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
+        float rs[LANES] = {0}, qs[LANES] = {0};
+        if (minus != NULL)
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    float d = (a[i + j] - minus[i + j]) - k;
+                    rs[j] += d, qs[j] += d * d;
+                }
+        else if (copy != NULL)
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    float v = a[i + j], d = v - k;
+                    copy[i + j] = v;
+                    rs[j] += d, qs[j] += d * d;
+                }
+        else
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    float d = a[i + j] - k;
+                    rs[j] += d, qs[j] += d * d;
+                }
+        for (; i < end; i++) {
+            float v = minus != NULL ? a[i] - minus[i] : a[i], d = v - k;
+            if (copy != NULL) copy[i] = a[i];
+            r += d, q += (double)d * d;
+        }
+        for (int j = 0; j < LANES; j++) r += rs[j], q += qs[j];
+    }
+    *r_out = r, *q_out = q;
+}
+
+void vs_fused_summaries(int64_t count, const float *const *a, const float *const *minus,
+                        float *const *copy, const int64_t *numel, double *hints, double *out) {
+    for (int64_t t = 0; t < count; t++) {
+        double *row = out + 7 * t, r = 0.0, q = 0.0, hint = hints[t];
+        const float *b = minus != NULL ? minus[t] : NULL;
+        float *c = copy != NULL ? copy[t] : NULL;
+        int64_t n = numel[t];
+        float k = 0.0f;
+        int accepted = 0;
+        if (n > 0 && isfinite(hint)) {
+            k = (float)hint;
+            pass_f32(a[t], b, c, n, k, &r, &q);
+            c = NULL; /* copied */
+            double m2 = q - r * r / (double)n;
+            accepted = isfinite(r) && isfinite(q) && r * r <= (double)n * m2;
+        }
+        if (n > 0 && !accepted) {
+            double total = 0.0;
+            for (int64_t start = 0; start < n; start += BLOCK) {
+                int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
+                float acc[LANES] = {0};
+                double block = 0.0;
+                if (b != NULL)
+                    for (; i + LANES <= end; i += LANES)
+                        for (int j = 0; j < LANES; j++) acc[j] += a[t][i + j] - b[i + j];
+                else
+                    for (; i + LANES <= end; i += LANES)
+                        for (int j = 0; j < LANES; j++) acc[j] += a[t][i + j];
+                for (; i < end; i++) block += b != NULL ? a[t][i] - b[i] : a[t][i];
+                for (int j = 0; j < LANES; j++) block += acc[j];
+                total += block;
+            }
+            k = (float)(total / (double)n);
+            pass_f32(a[t], b, c, n, k, &r, &q);
+        }
+        row[0] = (double)n, row[1] = n > 0 ? k : 0.0, row[2] = r, row[3] = q;
+        row[4] = INFINITY, row[5] = -INFINITY, row[6] = 0.0;
+        if (n > 0) hints[t] = k + r / (double)n;
+    }
+}

@@ -1,0 +1,188 @@
+"""The CPU C kernels: raw summaries, Adam sums and histograms against float64 and eager."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vitalstats.monitor import probes
+from vitalstats.optim.moment_stats import _tensor_sums
+from vitalstats.stats import kernels, native
+from vitalstats.stats.summary import finalize, raw_summary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    ok, why = native.status()
+    print(f"\nCPU C statistics kernels: {'available' if ok else 'unavailable'} ({why})")
+    if not ok:
+        pytest.skip(f"the C kernels cannot be built here: {why}")
+
+
+def _reference(x: torch.Tensor) -> torch.Tensor:
+    """count, mean, M2, min, max, nonfinite of x in float64, by the textbook two-pass."""
+    v = x.detach().double().reshape(-1)
+    mean = v.mean()
+    return torch.stack([torch.tensor(float(v.numel()), dtype=torch.float64), mean,
+                        (v - mean).square().sum(), v.min(), v.max(),
+                        (~torch.isfinite(v)).sum().double()])  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.sampled_from([(1,), (7,), (33, 65), (2048,), (2049,), (3, 5, 7, 11), (70000,)]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    log_scale=st.floats(-6, 4),
+    offset=st.sampled_from([0.0, 1.0, -3e3, 1e-6]),
+    seed=st.integers(0, 2**16),
+)
+def test_raw_summaries_match_float64(shape, dtype, log_scale, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 10**log_scale + offset).to(dtype)
+    ref = _reference(x)
+    got = finalize(native.raw_summaries([x]))[0]
+    assert got[0] == ref[0] and got[5] == 0
+    assert (got[3], got[4]) == (ref[3], ref[4])  # min, max exact
+    spread = math.sqrt(float(ref[2] / ref[0]))
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-6}[dtype]
+    assert abs(float(got[1] - ref[1])) <= tol * (abs(float(ref[1])) + spread) + 1e-300
+    assert abs(float(got[2] - ref[2])) <= 1e2 * tol * float(ref[2]) + 1e-300
+    # and never worse than the eager ATen kernels by more than float32 rounding
+    eager = finalize(raw_summary(x))
+    assert abs(float(got[2] - ref[2])) <= abs(float(eager[2] - ref[2])) + 1e-5 * float(ref[2])
+
+
+def test_constant_tensors_have_zero_spread_whatever_the_hint():
+    x = torch.full((5000,), 0.1)
+    for hint in (float("nan"), 0.1, 0.0999, 7.0):
+        hints = torch.tensor([hint], dtype=torch.float64)
+        row = finalize(native.raw_summaries([x], hints=hints))[0]
+        assert row[2] == 0.0 and row[1] == pytest.approx(0.1, rel=1e-7)
+        assert hints[0] == pytest.approx(0.1, rel=1e-7)  # the next hint is the mean
+
+
+def test_a_hint_gives_the_two_pass_answer_and_becomes_the_mean():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(100_000, generator=g) * 1e-3 + 1.0  # mean^2 / var = 1e6: the hard case
+    ref = _reference(x)
+    hints = torch.full((1,), float("nan"), dtype=torch.float64)
+    first = finalize(native.raw_summaries([x], hints=hints))[0]
+    assert hints[0] == pytest.approx(float(ref[1]), rel=1e-9)
+    for proposed in (
+        hints.clone(),
+        torch.tensor([1.0005], dtype=torch.float64),  # within std
+        torch.tensor([50.0], dtype=torch.float64),
+    ):  # far: two passes again
+        again = finalize(native.raw_summaries([x], hints=proposed))[0]
+        assert float(again[2]) == pytest.approx(float(ref[2]), rel=1e-6)
+        assert float(again[1]) == pytest.approx(float(ref[1]), rel=1e-9)
+    assert float(first[2]) == pytest.approx(float(ref[2]), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nan_and_inf_propagate_as_in_eager(dtype):
+    x = torch.randn(3000, dtype=torch.float64).to(dtype)
+    x[10], x[20], x[30] = float("nan"), float("inf"), -float("inf")
+    got = native.raw_summaries([x])[0]
+    eager = raw_summary(x)
+    assert got[6] == eager[6] == 3
+    assert torch.isnan(got[4:6]).all() and torch.isnan(eager[4:6]).all()
+    y = torch.randn(3000, dtype=torch.float64).to(dtype)
+    y[5] = -float("inf")
+    got = native.raw_summaries([y])[0]
+    assert got[4] == -float("inf") and got[6] == 1 and not math.isfinite(float(got[3]))
+    assert native.raw_summaries([y], count_nonfinite=False)[0, 6] == 0
+
+
+def test_options_empty_tensors_and_layouts():
+    x = torch.randn(4, 6, 5, 3).to(memory_format=torch.channels_last)
+    assert native.supports(x)
+    got = finalize(native.raw_summaries([x, torch.zeros(0)], extremes=False))
+    assert got[0, 3] == math.inf and got[0, 4] == -math.inf  # no extremes asked for
+    assert got[1].tolist() == [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
+    torch.testing.assert_close(got[0, :3], _reference(x)[:3], rtol=1e-6, atol=0)
+    assert not native.supports(torch.randn(6, 8)[:, ::2])  # not dense
+    assert not native.supports(torch.randn(3, dtype=torch.float16))
+    assert not native.supports(torch.randn(3, dtype=torch.complex64))
+
+
+def test_big_tensors_go_to_aten_when_torch_runs_several_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert native.supports(torch.randn(100))  # below ATen's parallel grain: one thread anyway
+    assert not native.supports(torch.randn(100_000))
+
+
+def test_the_list_kernel_mixes_native_and_eager_rows():
+    tensors = [torch.randn(50), None, torch.randn(9, dtype=torch.float16), torch.randn(7, 3)]
+    hints = torch.full((4,), float("nan"), dtype=torch.float64)
+    got = kernels.raw_summaries(tensors, "auto", hints=hints)
+    eager = kernels.raw_summaries(tensors, "eager")
+    torch.testing.assert_close(finalize(got), finalize(eager), rtol=1e-5, atol=1e-6)
+    assert torch.isnan(hints[1]) and torch.isnan(hints[2]) and not torch.isnan(hints[0])
+
+
+def test_adam_sums_match_float64():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(300_001, generator=g) * 1e-3
+    v = torch.rand(300_001, generator=g) * 1e-6
+    theta = torch.randn(300_001, generator=g)
+    eps = 1e-8
+    got = native.adam_sums([m, m[:5]], [v, v[:5]], [theta, None], [eps, eps])
+    md, vd = m.double(), v.double()
+    step = md / (vd.sqrt() + eps)
+    ref = torch.stack([md.abs().sum(), vd.sqrt().sum(), step.square().sum(),
+                       theta.double().square().sum()])  # fmt: skip
+    torch.testing.assert_close(got[0], ref, rtol=1e-6, atol=0)
+    assert torch.isnan(got[1, 3])
+    eager = _tensor_sums(m, v, theta, eps, None)
+    torch.testing.assert_close(got[0], eager, rtol=1e-3, atol=0)  # eager: float32 sums
+
+
+@pytest.mark.parametrize("log10_abs", [False, True])
+def test_histograms_bin_the_strided_sample_as_the_eager_code(log10_abs):
+    g = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(20_000, generator=g) * 3, torch.randn(100, 33, generator=g) * 1e-4,
+               torch.zeros(10), torch.randn(5, dtype=torch.float64)]  # fmt: skip
+    tensors[0][::997] = float("nan")
+    tensors[0][1::991] = float("inf")
+    value_range = (-12.0, 2.0) if log10_abs else (-5.0, 5.0)
+    got = probes.histogram_counts(tensors, 64, value_range, 4096, log10_abs, kernels="auto")
+    eager = probes.histogram_counts(tensors, 64, value_range, 4096, log10_abs, kernels="eager")
+    assert got.shape == eager.shape == (4, 64)
+    assert got.sum(1).tolist() == eager.sum(1).tolist()  # every sampled value, NaN left out
+    assert (got - eager).abs().sum() <= 2 * 2  # at most a value or two on a bin edge moves
+
+
+def test_unavailable_kernels_fall_back_auto_silently_compiled_with_one_warning(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels, "_WARNED_NATIVE", [])
+    assert native.library() is None
+    ok, why = native.status()
+    assert not ok and "no C compiler" in why
+    x = torch.randn(100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = kernels.summary_kernel("auto")(x)
+    with pytest.warns(RuntimeWarning, match="compiled CPU statistics kernels are unavailable"):
+        compiled = kernels.summary_kernel("compiled")(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.summary_kernel("compiled")(x)  # warned once
+    assert torch.equal(auto, raw_summary(x)) and torch.equal(compiled, raw_summary(x))
+
+
+def test_the_build_is_cached_and_rebuilt_for_new_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITALSTATS_CACHE_DIR", str(tmp_path))
+    compiler = native._compiler()
+    first = native._build(compiler, ["-O1", "-std=c99", "-fPIC", "-shared"])
+    assert first.exists() and first.parent == tmp_path
+    assert native._build(compiler, ["-O1", "-std=c99", "-fPIC", "-shared"]) == first
+    other = native._build(compiler, ["-O2", "-std=c99", "-fPIC", "-shared"])
+    assert other != first and other.exists()
+    assert not list(tmp_path.glob("*.so.tmp*")) and len(list(tmp_path.iterdir())) == 2
