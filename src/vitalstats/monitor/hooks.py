@@ -314,6 +314,7 @@ class Hooks:
             self.parameters.updates(s.acc)
         if s.due.optimizer_moments:
             self.parameters.optimizer_moments(optimizer, s.acc)
+        self.parameters.end_step()
         self.mark_gradients_used()
 
     def measure_before_step(self, snapshot: bool = True, gradients: bool = True) -> None:

@@ -128,6 +128,8 @@ class ParameterProbe:
         self._scratch: dict[tuple[int, int], torch.Tensor] = {}
         self._has_snapshot = False
         self._shift_hints: dict[str, torch.Tensor] = {}
+        # sum theta^2 of each parameter after this step, left by the fused update kernel
+        self._new_weight_squares: dict[int, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------- helpers
     @staticmethod
@@ -201,6 +203,7 @@ class ParameterProbe:
         tensors: list[torch.Tensor],
         minus: list[torch.Tensor] | None = None,
         copy_into: list[torch.Tensor] | None = None,
+        minus_squares: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The summaries from one fused C kernel call (``native.fused_summaries``), or None
         where it does not apply (eager kernels, a tensor not float32, not dense, ...)."""
@@ -215,7 +218,13 @@ class ParameterProbe:
         ) or not native_kernels(self._kernels):  # fmt: skip
             return None
         hints = self._hints(slot, len(tensors))
-        return native.fused_summaries(tensors, hints, minus=minus, copy_into=copy_into)  # type: ignore[arg-type]
+        return native.fused_summaries(
+            tensors,
+            hints,
+            minus=minus,
+            copy_into=copy_into,
+            minus_squares=minus_squares,  # type: ignore[arg-type]
+        )
 
     @torch.no_grad()
     def weights(self, acc: StepAccumulator, snapshot: bool = False) -> None:
@@ -253,11 +262,15 @@ class ParameterProbe:
         if not self._has_snapshot:
             return
         self._has_snapshot = False
+        self._new_weight_squares.clear()
         for group in self.groups:
             slot, after = field_name(UPDATE, group), self._locals(group.params)
             before = self._workspace("before", group)
-            summaries = self._fused(slot, before, minus=after)  # type: ignore[arg-type]
-            if summaries is None:
+            squares = torch.empty(len(after), dtype=torch.float64)
+            summaries = self._fused(slot, before, minus=after, minus_squares=squares)  # type: ignore[arg-type]
+            if summaries is not None:  # sum theta^2 of the new weights, for Adam's statistics
+                self._new_weight_squares.update(zip((id(p) for p in group.params), squares))
+            else:
                 torch._foreach_sub_(before, after)  # w_before - w_after, in place
                 summaries = self._summaries(slot, before, extremes=False)
             acc.add("", slot, summaries, group.rule("summary"), group.reduce_over,
@@ -278,11 +291,20 @@ class ParameterProbe:
             if not mine:
                 continue
             workspace = self._adam_workspace(group)
+            known = self._new_weight_squares
+            reuse = all(id(e.param) in known for e in mine)  # the update pass summed theta^2
             sums = moment_sums(
-                mine, local=local_view, workspace=workspace, kernel=self._adam_kernel
-            )
+                mine, local=local_view, workspace=workspace, kernel=self._adam_kernel,
+                with_params=not reuse,
+            )  # fmt: skip
+            if reuse:
+                sums[:, 4] = torch.stack([known[id(e.param)] for e in mine]).to(sums.device)
             acc.add("", field_name(ADAM, group), sums, group.rule("sum"), group.reduce_over,
                     tuple(watched[id(e.param)] for e in mine))  # fmt: skip
+
+    def end_step(self) -> None:
+        """Forget what this optimiser step's update pass left for the Adam statistics."""
+        self._new_weight_squares.clear()
 
     def _adam_workspace(self, group: ParameterGroup) -> Callable[[int, torch.Tensor], torch.Tensor]:
         def buffer(index: int, like: torch.Tensor) -> torch.Tensor:

@@ -417,16 +417,23 @@ int vs_feature_summaries(const void *x, int32_t dtype, int64_t outer, int64_t fe
 
 /* Raw summaries (no extremes, no NaN/Inf count) of float32 parameter-sized tensors in the
  * monitor's two fused forms. `minus` != NULL: of a - minus elementwise (an optimiser's
- * update, w_before - w_after, without writing it out); `copy` != NULL: of a, copying a into
- * copy[t] during the first pass (the weight snapshot taken with the weight summary). `hints`
- * as in vs_raw_summaries (required here, NaN for none). */
+ * update, w_before - w_after, without writing it out), and into partner_sq[t] (if not NULL)
+ * sum(minus^2), the new weights' squared norm, in the same pass; `copy` != NULL: of a,
+ * copying a into copy[t] during the first pass (the weight snapshot taken with the weight
+ * summary). `hints` as in vs_raw_summaries (required here, NaN for none). */
 static void pass_f32(const float *a, const float *minus, float *copy, int64_t n, float k,
-                     double *r_out, double *q_out) {
-    double r = 0.0, q = 0.0;
+                     double *r_out, double *q_out, double *partner_sq) {
+    double r = 0.0, q = 0.0, p = 0.0;
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
-        float rs[LANES] = {0}, qs[LANES] = {0};
-        if (minus != NULL)
+        float rs[LANES] = {0}, qs[LANES] = {0}, ps[LANES] = {0};
+        if (minus != NULL && partner_sq != NULL)
+            for (; i + LANES <= end; i += LANES)
+                for (int j = 0; j < LANES; j++) {
+                    float b = minus[i + j], d = (a[i + j] - b) - k;
+                    rs[j] += d, qs[j] += d * d, ps[j] += b * b;
+                }
+        else if (minus != NULL)
             for (; i + LANES <= end; i += LANES)
                 for (int j = 0; j < LANES; j++) {
                     float d = (a[i + j] - minus[i + j]) - k;
@@ -448,26 +455,31 @@ static void pass_f32(const float *a, const float *minus, float *copy, int64_t n,
         for (; i < end; i++) {
             float v = minus != NULL ? a[i] - minus[i] : a[i], d = v - k;
             if (copy != NULL) copy[i] = a[i];
+            if (minus != NULL) p += (double)minus[i] * minus[i];
             r += d, q += (double)d * d;
         }
-        for (int j = 0; j < LANES; j++) r += rs[j], q += qs[j];
+        for (int j = 0; j < LANES; j++) r += rs[j], q += qs[j], p += ps[j];
     }
     *r_out = r, *q_out = q;
+    if (partner_sq != NULL) *partner_sq = p;
 }
 
 void vs_fused_summaries(int64_t count, const float *const *a, const float *const *minus,
-                        float *const *copy, const int64_t *numel, double *hints, double *out) {
+                        float *const *copy, const int64_t *numel, double *hints, double *out,
+                        double *partner_sq) {
     for (int64_t t = 0; t < count; t++) {
         double *row = out + 7 * t, r = 0.0, q = 0.0, hint = hints[t];
+        double *psq = minus != NULL && partner_sq != NULL ? partner_sq + t : NULL;
         const float *b = minus != NULL ? minus[t] : NULL;
         float *c = copy != NULL ? copy[t] : NULL;
         int64_t n = numel[t];
         float k = 0.0f;
         int accepted = 0;
+        if (psq != NULL) *psq = 0.0;
         if (n > 0 && isfinite(hint)) {
             k = (float)hint;
-            pass_f32(a[t], b, c, n, k, &r, &q);
-            c = NULL; /* copied */
+            pass_f32(a[t], b, c, n, k, &r, &q, psq);
+            c = NULL, psq = NULL; /* copied, summed */
             double m2 = q - r * r / (double)n;
             accepted = isfinite(r) && isfinite(q) && r * r <= (double)n * m2;
         }
@@ -488,7 +500,7 @@ void vs_fused_summaries(int64_t count, const float *const *a, const float *const
                 total += block;
             }
             k = (float)(total / (double)n);
-            pass_f32(a[t], b, c, n, k, &r, &q);
+            pass_f32(a[t], b, c, n, k, &r, &q, psq);
         }
         row[0] = (double)n, row[1] = n > 0 ? k : 0.0, row[2] = r, row[3] = q;
         row[4] = INFINITY, row[5] = -INFINITY, row[6] = 0.0;

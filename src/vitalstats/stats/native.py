@@ -118,7 +118,7 @@ def _load() -> ctypes.CDLL:
                                          ctypes.c_int64, pointer]  # fmt: skip
     lib.vs_feature_summaries.restype = ctypes.c_int
     lib.vs_fused_summaries.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer,
-                                       pointer, pointer]  # fmt: skip
+                                       pointer, pointer, pointer]  # fmt: skip
     lib.vs_fused_summaries.restype = None
     return lib
 
@@ -290,15 +290,20 @@ def fused_summaries(
     *,
     minus: list[torch.Tensor] | None = None,
     copy_into: list[torch.Tensor] | None = None,
+    minus_squares: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(P, 7)`` raw summaries (no extremes, no NaN/Inf count) of float32 tensors, fused
     with what the monitor does next to them: of ``a - b`` for ``b`` in ``minus`` (an update,
-    without writing it out), or of ``a`` while copying it into ``copy_into`` (a snapshot).
-    Every tensor float32, ``supports``, alike in shape with its partner; ``hints`` as in
-    ``raw_summaries`` (required)."""
+    without writing it out; ``minus_squares``, a float64 ``(P,)`` tensor, receives each
+    sum(b^2) from the same pass), or of ``a`` while copying it into ``copy_into`` (a
+    snapshot). Every tensor float32, ``supports``, alike in shape and strides with its
+    partner; ``hints`` as in ``raw_summaries`` (required)."""
     lib = library()
     assert lib is not None, "vitalstats.stats.native.fused_summaries: the C kernels are unavailable"
     assert hints.dtype == torch.float64 and hints.is_contiguous() and hints.numel() == len(tensors)
+    if minus_squares is not None:
+        assert minus is not None and minus_squares.dtype == torch.float64
+        assert minus_squares.is_contiguous() and minus_squares.numel() == len(tensors)
     out = torch.empty((len(tensors), 7), dtype=torch.float64)
     lib.vs_fused_summaries(
         len(tensors),
@@ -308,5 +313,6 @@ def fused_summaries(
         _array(ctypes.c_int64, [t.numel() for t in tensors]),
         hints.data_ptr(),
         out.data_ptr(),
+        None if minus_squares is None else minus_squares.data_ptr(),
     )
     return out
