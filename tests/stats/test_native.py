@@ -107,6 +107,7 @@ def test_options_empty_tensors_and_layouts():
     assert got[1].tolist() == [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
     torch.testing.assert_close(got[0, :3], _reference(x)[:3], rtol=1e-6, atol=0)
     assert not native.supports(torch.randn(6, 8)[:, ::2])  # not dense
+    assert native.feature_layout(torch.randn(4, 6).t(), 1) is None  # transposed: no layout
     assert not native.supports(torch.randn(3, dtype=torch.float16))
     assert not native.supports(torch.randn(3, dtype=torch.complex64))
 
@@ -186,3 +187,34 @@ def test_the_build_is_cached_and_rebuilt_for_new_flags(tmp_path, monkeypatch):
     other = native._build(compiler, ["-O2", "-std=c99", "-fPIC", "-shared"])
     assert other != first and other.exists()
     assert not list(tmp_path.glob("*.so.tmp*")) and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "channels_last"),
+    [((128, 37), 1, False), ((8, 5, 33), 2, False), ((6, 3, 9, 11), 1, False),
+     ((6, 3, 9, 11), 1, True), ((2, 4, 3, 5, 7), 1, False)],
+)  # fmt: skip
+def test_feature_summaries_match_float64_per_feature_and_merged(shape, dim, channels_last):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).mul(3).add(40).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if dim == 1:
+        x[(0,) * x.dim()] = float("inf")
+    layout = native.feature_layout(x, dim)
+    assert layout is not None
+    got = finalize(native.feature_summaries(x, layout))
+    columns = x.movedim(dim, -1).reshape(-1, shape[dim]).double()
+    for f in range(shape[dim]):
+        column = columns[:, f]
+        ref = _reference(column)
+        assert got[f, 0] == ref[0] and got[f, 5] == ref[5]
+        assert (got[f, 3], got[f, 4]) == (ref[3], ref[4])
+        if torch.isfinite(column).all():
+            assert float(got[f, 1]) == pytest.approx(float(ref[1]), rel=1e-7)
+            assert float(got[f, 2]) == pytest.approx(float(ref[2]), rel=1e-5)
+    whole = _reference(x)
+    assert got[-1, 0] == whole[0] and got[-1, 5] == whole[5]
+    assert (got[-1, 3], got[-1, 4]) == (whole[3], whole[4])
+    if torch.isfinite(x).all():
+        assert float(got[-1, 2]) == pytest.approx(float(whole[2]), rel=1e-6)

@@ -226,8 +226,8 @@ class Hooks:
         self.state.acc.add(name, bn.BN_BATCH, block, "summary")
 
     def _hint(self, name: str, what: str) -> torch.Tensor | None:
-        """The layer's mean in its last summary of ``what`` (NaN at first): the compiled CPU
-        kernels' proposed shift, so one pass over the tensor is enough (``native``)."""
+        """The layer's mean in its last summary of ``what`` (NaN at first): the C kernels'
+        proposed shift, so one pass over the tensor is enough (``native``)."""
         if self._shift_hints is None or torch.compiler.is_compiling():
             return None
         hint = self._shift_hints.get((name, what))

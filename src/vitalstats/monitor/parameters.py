@@ -166,7 +166,7 @@ class ParameterProbe:
 
     def _hints(self, slot: str, count: int) -> torch.Tensor | None:
         """Each tensor's mean at its previous summary in this ``slot`` (NaN at first): the
-        compiled CPU kernels' proposed shifts, one pass instead of two (``native``)."""
+        C kernels' proposed shifts, one pass instead of two (``native``)."""
         if self._kernels == "eager":
             return None
         hints = self._shift_hints.get(slot)

@@ -117,7 +117,7 @@ def activation_entries(
     values: exactly 0 when the output is finite); saturated count (tanh-like |y| > level,
     sigmoid-like |2y - 1| > level, the same cut in tanh units since sigmoid(x) =
     (1 + tanh(x/2)) / 2); per-unit 'alive' flags (ReLU family: a unit is dead when zero for
-    the whole step). ``hints``: the compiled kernels' proposed shift (``kernels``). (A
+    the whole step). ``hints``: the C kernels' proposed shift (``kernels``). (A
     ReLU's per-unit C-kernel summaries were measured slower than the flat summary plus
     ATen's ``amax``: 155 against 80 us on (128, 1024).)"""
     raw = summary(y, nonfinite_sample=nonfinite_sample, hints=hints)

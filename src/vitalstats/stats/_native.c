@@ -281,9 +281,9 @@ void vs_histograms(int64_t count, const void *const *data, const int64_t *numel,
  * out rows 0..F-1 hold each feature's [n, K, r, q, min, max, nonfinite] over its
  * outer * inner values, row F the whole tensor's, merged exactly (Chan et al.) and written
  * as [n, mean, 0, M2, min, max, nonfinite]. Two passes (the shifts K = feature means, then
- * the centred sums), vectorised across features when inner == 1 and within each run of
- * `inner` values otherwise. Returns 0, or -1 when out of memory. */
-#define DEFINE_FEATURES(NAME, ACC, LOAD)                                                    \
+ * the centred sums), vectorised across features when inner == 1, and by the whole-tensor
+ * kernels on each run of `inner` values otherwise. Returns 0, or -1 when out of memory. */
+#define DEFINE_FEATURES(NAME, ACC, LOAD, AT, SUM, CENTRED)                                  \
     static int NAME(const void *x, int64_t outer, int64_t F, int64_t inner, double *out) {  \
         double *sum = calloc((size_t)F * 7, sizeof(double));                                \
         ACC *part = calloc((size_t)F * 5, sizeof(ACC));                                     \
@@ -305,17 +305,8 @@ void vs_histograms(int64_t count, const void *const *data, const int64_t *numel,
                 if ((o + 1) % fold == 0 || o + 1 == outer)                                  \
                     for (int64_t f = 0; f < F; f++) sum[f] += pr[f], pr[f] = 0;             \
             } else {                                                                        \
-                for (int64_t f = 0; f < F; f++) {                                           \
-                    ACC acc[LANES] = {0};                                                   \
-                    const int64_t start = base + f * inner, end = start + inner;            \
-                    int64_t i = start;                                                      \
-                    double block = 0.0;                                                     \
-                    for (; i + LANES <= end; i += LANES)                                    \
-                        for (int j = 0; j < LANES; j++) acc[j] += LOAD(x, i + j);           \
-                    for (; i < end; i++) block += LOAD(x, i);                               \
-                    for (int j = 0; j < LANES; j++) block += acc[j];                        \
-                    sum[f] += block;                                                        \
-                }                                                                           \
+                for (int64_t f = 0; f < F; f++)                                             \
+                    sum[f] += SUM(AT(x, base + f * inner), inner);                          \
             }                                                                               \
         }                                                                                   \
         const double n = (double)(outer * inner);                                           \
@@ -337,32 +328,11 @@ void vs_histograms(int64_t count, const void *const *data, const int64_t *numel,
                                                     pr[f] = 0, pq[f] = 0;                   \
             } else {                                                                        \
                 for (int64_t f = 0; f < F; f++) {                                           \
-                    ACC rs[LANES] = {0}, qs[LANES] = {0}, ls[LANES], hs[LANES];             \
-                    for (int j = 0; j < LANES; j++) ls[j] = INFINITY, hs[j] = -INFINITY;    \
-                    const int64_t start = base + f * inner, end = start + inner;            \
-                    int64_t i = start;                                                      \
-                    const ACC kf = k[f];                                                    \
-                    double rb = 0.0, qb = 0.0;                                              \
-                    for (; i + LANES <= end; i += LANES)                                    \
-                        for (int j = 0; j < LANES; j++) {                                   \
-                            ACC v = LOAD(x, i + j), d = v - kf;                             \
-                            rs[j] += d;                                                     \
-                            qs[j] += d * d;                                                 \
-                            ls[j] = v < ls[j] ? v : ls[j];                                  \
-                            hs[j] = v > hs[j] ? v : hs[j];                                  \
-                        }                                                                   \
-                    for (; i < end; i++) {                                                  \
-                        ACC v = LOAD(x, i), d = v - kf;                                     \
-                        rb += d, qb += (double)d * d;                                       \
-                        plo[f] = v < plo[f] ? v : plo[f];                                   \
-                        phi[f] = v > phi[f] ? v : phi[f];                                   \
-                    }                                                                       \
-                    for (int j = 0; j < LANES; j++) {                                       \
-                        rb += rs[j], qb += qs[j];                                           \
-                        plo[f] = ls[j] < plo[f] ? ls[j] : plo[f];                           \
-                        phi[f] = hs[j] > phi[f] ? hs[j] : phi[f];                           \
-                    }                                                                       \
-                    r[f] += rb, q[f] += qb;                                                 \
+                    double c[4];                                                            \
+                    CENTRED(AT(x, base + f * inner), inner, k[f], 1, c);                    \
+                    r[f] += c[0], q[f] += c[1];                                             \
+                    plo[f] = c[2] < plo[f] ? (ACC)c[2] : plo[f];                            \
+                    phi[f] = c[3] > phi[f] ? (ACC)c[3] : phi[f];                            \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
@@ -404,9 +374,12 @@ void vs_histograms(int64_t count, const void *const *data, const int64_t *numel,
         return 0;                                                                           \
     }
 
-DEFINE_FEATURES(features_f32, float, LOAD_F32)
-DEFINE_FEATURES(features_f64, double, LOAD_F64)
-DEFINE_FEATURES(features_bf16, float, LOAD_BF16)
+#define AT_F32(p, i) ((const void *)((const float *)(p) + (i)))
+#define AT_F64(p, i) ((const void *)((const double *)(p) + (i)))
+#define AT_BF16(p, i) ((const void *)((const uint16_t *)(p) + (i)))
+DEFINE_FEATURES(features_f32, float, LOAD_F32, AT_F32, sum_f32, centred_f32)
+DEFINE_FEATURES(features_f64, double, LOAD_F64, AT_F64, sum_f64, centred_f64)
+DEFINE_FEATURES(features_bf16, float, LOAD_BF16, AT_BF16, sum_bf16, centred_bf16)
 
 int vs_feature_summaries(const void *x, int32_t dtype, int64_t outer, int64_t features,
                          int64_t inner, double *out) {
