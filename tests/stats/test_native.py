@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 import warnings
 
 import pytest
@@ -218,3 +220,14 @@ def test_feature_summaries_match_float64_per_feature_and_merged(shape, dim, chan
     assert (got[-1, 3], got[-1, 4]) == (whole[3], whole[4])
     if torch.isfinite(x).all():
         assert float(got[-1, 2]) == pytest.approx(float(whole[2]), rel=1e-6)
+
+
+def test_a_new_build_removes_builds_unused_for_a_week(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITALSTATS_CACHE_DIR", str(tmp_path))
+    stale, recent = tmp_path / "native-0000000000000000.so", tmp_path / "native-1111111111111111.so"
+    stale.write_bytes(b"old")
+    recent.write_bytes(b"new")
+    week = 8 * 24 * 3600
+    os.utime(stale, (time.time() - week, time.time() - week))
+    built = native._build(native._compiler(), ["-O1", "-std=c99", "-fPIC", "-shared"])
+    assert built.exists() and recent.exists() and not stale.exists()

@@ -11,7 +11,8 @@ against float64).
 
 The library is built once per machine with the system C compiler (``cc``, ``gcc`` or
 ``clang``; ``$CC`` wins), about a second, and cached by the hash of its source and flags in
-``$VITALSTATS_CACHE_DIR`` or ``~/.cache/vitalstats``. Where that is impossible (no
+``$VITALSTATS_CACHE_DIR`` or ``~/.cache/vitalstats`` (builds of other versions unused for a
+week are removed). Where that is impossible (no
 compiler, a read-only home, an exotic platform) ``library()`` returns None and says why in
 ``status()``; callers then use the eager kernels. The kernels are single-threaded, so
 ``supports`` takes a tensor only where ATen would run one thread too (``torch`` set to one
@@ -21,6 +22,7 @@ tensors whose values are dense in memory (contiguous or channels-last) are suppo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -30,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -77,6 +80,8 @@ def _build(compiler: str, flags: list[str]) -> Path:
     directory = _cache_dir()
     target = directory / f"native-{key}.so"
     if target.exists():
+        with contextlib.suppress(OSError):  # marks it used (see _prune); read-only caches too
+            os.utime(target)
         return target
     directory.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(suffix=".so", dir=directory)
@@ -90,7 +95,23 @@ def _build(compiler: str, flags: list[str]) -> Path:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+    _prune(directory, keep=target)
     return target
+
+
+_STALE_SECONDS = 7 * 24 * 3600
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Remove other builds not touched for a week (older sources or flags). A process that
+    still has one loaded keeps its mapping; one that needs it again rebuilds it."""
+    now = time.time()
+    for old in directory.glob("native-*.so"):
+        try:
+            if old != keep and now - old.stat().st_mtime > _STALE_SECONDS:
+                old.unlink()
+        except OSError:  # another process pruned it first, or no permission: leave it
+            pass
 
 
 def _load() -> ctypes.CDLL:
