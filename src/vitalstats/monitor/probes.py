@@ -275,11 +275,6 @@ def activation_sample(y: torch.Tensor, max_values: int | None) -> torch.Tensor:
     return histogram_sample(y, max_values).float().clone()
 
 
-def gradient_sample(g: torch.Tensor, max_values: int | None) -> torch.Tensor:
-    """What ``grad_hist`` bins (as log10 |g|, see ``histograms``): ``histogram_sample``."""
-    return histogram_sample(g, max_values)
-
-
 def histogram_edges(bins: int, value_range: tuple[float, float]) -> torch.Tensor:
     """The ``bins + 1`` fixed edges (float64) of a histogram over ``value_range``."""
     return torch.linspace(value_range[0], value_range[1], bins + 1, dtype=torch.float64)

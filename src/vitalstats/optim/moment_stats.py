@@ -193,13 +193,14 @@ def tensor_sums_kernel(mode: str) -> Callable[..., Tensor]:
         )
 
     def one(m: Tensor, v: Tensor, theta: Tensor | None, eps: float, work: Tensor | None) -> Tensor:
+        # torch.compile only for "compiled" accelerator state without theta, from 4096 values
         if (
             not accelerated
             or m.device.type == "cpu"
             or m.numel() < _COMPILE_FROM
             or theta is not None
         ):
-            return _tensor_sums(m, v, theta, eps, work)  # tiny tensors: eager is faster
+            return _tensor_sums(m, v, theta, eps, work)
         return torch.cat([kernel(m, v, eps), m.new_full((1,), float("nan"), dtype=torch.float64)])
 
     def sums(

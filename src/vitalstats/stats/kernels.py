@@ -159,7 +159,8 @@ def raw_summaries(
     hints: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(P, 7)`` raw summaries of a list of tensors (None: the empty summary), on the first
-    tensor's device. ``"compiled"`` runs every CPU tensor the C kernels take in one call;
+    tensor's device. ``"auto"`` and ``"compiled"`` run every CPU tensor the C kernels take in
+    one call;
     ``hints``: float64 ``(P,)`` proposed shifts for them (``native.raw_summaries``)."""
     device = next(t.device for t in tensors if t is not None)
     rows: list[torch.Tensor | None] = [None] * len(tensors)
@@ -184,7 +185,7 @@ def raw_summaries(
                 hints[native_rows] = picked  # type: ignore[index]
             for i, row in zip(native_rows, block):
                 rows[i] = row
-    empty = None
+    empty, summary = None, summary_kernel(mode)
     for i, t in enumerate(tensors):
         if rows[i] is not None:
             continue
@@ -193,7 +194,7 @@ def raw_summaries(
                 empty = raw_summary(torch.zeros(0, device=device))
             rows[i] = empty
         else:
-            rows[i] = summary_kernel(mode)(t, extremes=extremes, count_nonfinite=count_nonfinite)
+            rows[i] = summary(t, extremes=extremes, count_nonfinite=count_nonfinite)
     return torch.stack(rows)  # type: ignore[arg-type]
 
 
