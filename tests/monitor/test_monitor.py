@@ -479,6 +479,54 @@ def test_gradients_of_a_closure_step_are_this_steps_gradients():
     monitor.close()
 
 
+class _ConsumingSGD(torch.optim.SGD):
+    """SGD that uses up its gradients in place (as some third-party optimisers do), through
+    super().step(): torch then fires the step hooks around both calls."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.zero_()
+        return loss
+
+
+@pytest.mark.parametrize("closure_as", ["positional", "keyword"])
+def test_gradients_are_read_before_a_plain_step_and_after_a_closure_step(closure_as):
+    """Without a closure the gradients are read before optimizer.step() runs (an optimiser
+    may consume them); with one, passed either way, they exist only after it. A subclass's
+    super().step() is one optimiser step, not two."""
+    model = mlp()
+    torch.optim.SGD(model.parameters(), lr=0.1)  # torch now hooks SGD.step too
+    opt = _ConsumingSGD(model.parameters(), lr=0.1)
+    monitor = vs.Monitor(model, optimizer=opt, config=everything(flush_every=100))
+    expected = []
+    for x, y in batches(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        expected.append(model[0].weight.grad.double().norm().item())
+        opt.step()
+        monitor.step()
+    for x, y in batches(2, seed=5):
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure) if closure_as == "positional" else opt.step(closure=closure)
+        monitor.step(loss=loss)
+    window = monitor.flush()
+    np.testing.assert_allclose(  # read twice (hooks around super().step()): sqrt(2) x
+        [m.scalars[("0.weight", "grad_norm")] for m in window[:2]], expected, rtol=1e-6
+    )
+    assert [m.scalars[("0.weight", "grad_norm")] for m in window[2:]] == [0.0, 0.0]  # consumed
+    monitor.close()
+
+
 def test_adam_moment_statistics_agree_with_vs_optim_moment_stats_under_amsgrad():
     """One metric name, one definition: the monitor's scratch-buffer path and
     vs.optim.moment_stats give the same figures (AMSGrad uses max_exp_avg_sq)."""

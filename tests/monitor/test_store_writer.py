@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +126,33 @@ def test_report_without_a_store_says_how_to_get_one():
     monitor = vs.Monitor(mlp())
     with pytest.raises(ValueError, match="store="):
         vs.report.write_report(monitor, "x.html")
+
+
+def test_flushes_commit_on_the_stores_thread_and_sync_store_waits(tmp_path, monkeypatch):
+    """A monitor flush hands its SQLite commit to the store's thread (the training step does
+    not wait for it); sync_store() commits on the caller's thread, and a fresh reader then
+    sees every flushed step."""
+    store = vs.RunStore(tmp_path / "r.sqlite", flush_interval=3600)
+    committers: list[str] = []
+    write = store._writer._write
+
+    def recording(*args, **kwargs):
+        committers.append(threading.current_thread().name)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(store._writer, "_write", recording)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = vs.Monitor(model, optimizer=opt, store=store, config=everything(flush_every=2))
+    train(model, opt, monitor, batches(4))
+    deadline = time.monotonic() + 10
+    while not committers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert committers and set(committers) == {"vitalstats-store-flusher"}
+    train(model, opt, monitor, batches(2))
+    monitor.sync_store()
+    with vs.RunStore(tmp_path / "r.sqlite", readonly=True) as reader:
+        steps, _ = reader.series(monitor.run_id, "", "loss")
+    assert steps.tolist() == list(range(6))
+    monitor.close()
+    store.close()

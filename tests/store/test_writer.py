@@ -54,6 +54,38 @@ def test_reaching_flush_rows_wakes_the_flusher_early(tmp_path):
         assert _committed_steps(path) == [0]
 
 
+def test_flush_without_waiting_hands_the_commit_to_the_flusher(tmp_path, monkeypatch):
+    path = tmp_path / "run.sqlite"
+    with vs.RunStore(path, flush_interval=3600) as store:
+        run = store.start_run()
+        store.add_scalars(run, 0, [("", "loss", 1.0)])
+        callers: list[str] = []
+        commit = store._writer._write
+
+        def recording(*args, **kwargs):
+            callers.append(threading.current_thread().name)
+            return commit(*args, **kwargs)
+
+        monkeypatch.setattr(store._writer, "_write", recording)
+        store.flush(wait=False)  # returns at once; the thread commits long before 3600 s
+        deadline = time.monotonic() + 10
+        while _committed_steps(path) != [0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _committed_steps(path) == [0]
+        assert callers == ["vitalstats-store-flusher"]
+        store.add_scalars(run, 1, [("", "loss", 2.0)])
+        assert store.series(run, "", "loss")[0].tolist() == [0, 1]  # reads see their own rows
+
+
+def test_flush_without_waiting_commits_now_without_a_thread(tmp_path):
+    path = tmp_path / "run.sqlite"
+    with vs.RunStore(path, flush_interval=0) as store:
+        run = store.start_run()
+        store.add_scalars(run, 0, [("", "loss", 1.0)])
+        store.flush(wait=False)
+        assert _committed_steps(path) == [0]
+
+
 def test_many_threads_adding_while_the_flusher_runs_lose_nothing(tmp_path):
     path = tmp_path / "run.sqlite"
     threads_count, steps = 4, 200

@@ -82,6 +82,7 @@ class Hooks:
         trainable = [p for _, p in parameters.named]
         self._sentinel = min(trainable, key=lambda p: p.numel()) if trainable else None
         self._grad_at_step: tuple[torch.Tensor, int] | None = None
+        self.step_depth = 0  # optimizer.step() calls in progress (Monitor.step resets it)
         self._summary = summary_kernel(state.config.kernels)
         self._shift_hints: dict[tuple[str, str], torch.Tensor] | None = (
             {} if state.config.kernels != "eager" else None
@@ -299,14 +300,23 @@ class Hooks:
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # optimizer.step(closure) (LBFGS, Lightning's automatic optimisation) runs forward and
         # backward inside step(): this step's gradients exist only after it, so read them then.
+        # torch fires the hooks again around a subclass's super().step() (it patches each
+        # class's step): only the outermost call is the user's optimiser step.
+        self.step_depth += 1
+        if self.step_depth > 1:
+            return
         s = self.state
-        closure = args[0] if args else (kwargs or {}).get("closure")
+        # torch calls step pre-hooks with the step's own arguments: args[0] is the optimizer
+        closure = args[1] if len(args) > 1 else (kwargs or {}).get("closure")
         s.gradients_after_step = closure is not None
         s.optimizer_stepped = True
         if not s.evaluating:
             self.measure_before_step(gradients=closure is None)
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.step_depth = max(self.step_depth - 1, 0)
+        if self.step_depth > 0:
+            return
         s = self.state
         if s.gradients_after_step and not s.evaluating:
             self.measure_gradients()

@@ -197,6 +197,7 @@ class Monitor:
 
         ``loss``: the step's loss (a tensor stays on the device; no host sync here)."""
         s, acc = self.state, self.state.acc
+        self._hooks.step_depth = 0  # a step that raised never ran its post-hook
         if self.optimizer is None:  # no optimizer hooks: read gradients now
             if s.due.updates and self.parameters.has_snapshot:
                 self.parameters.updates(acc)

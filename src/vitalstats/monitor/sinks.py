@@ -65,9 +65,12 @@ class StoreSink:
     """One run in one store: layers at start, scalars/histograms/findings per flush."""
 
     def __init__(self, store: Any, owned: bool, run_id: int, monitor: Monitor) -> None:
+        from vitalstats.store import RunStore
+
         self.store, self.owned, self.run_id = store, owned, run_id
         self.path = Path(store.path)
         self.edges = metric_histogram_edges(monitor.config)
+        self._commit_in_background = isinstance(store, RunStore)  # else: a duck-typed store
 
     @classmethod
     def open(
@@ -107,7 +110,10 @@ class StoreSink:
                 store.add_histogram(run, metrics.step, layer, metric, self.edges[metric], counts)
         if findings:
             store.add_findings(run, [f.to_dict() for f in findings])
-        store.flush()
+        if self._commit_in_background:  # the store's thread commits: the step does not wait
+            store.flush(wait=False)
+        else:
+            store.flush()
 
     def close(self, status: str) -> None:
         self.store.end_run(self.run_id, status=status)

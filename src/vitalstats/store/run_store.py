@@ -169,10 +169,13 @@ class RunStore:
         ]
         self._writer.buffer(findings=rows)
 
-    def flush(self) -> None:
-        """Commit every buffered row now (one transaction)."""
+    def flush(self, wait: bool = True) -> None:
+        """Commit every buffered row now (one transaction); ``wait=False`` asks the
+        background thread to commit them at once and returns without waiting (readers in
+        other processes see the rows a few milliseconds later; this object's reads always
+        see them)."""
         if not self.readonly:
-            self._writer.flush()
+            self._writer.flush(wait)
 
     def end_run(self, run_id: RunRef, status: EndStatus = "finished") -> None:
         """Flush, then mark the run ``"finished"``, ``"crashed"`` or ``"interrupted"``."""

@@ -68,9 +68,18 @@ class StoreWriter:
             return len(self._scalars) + len(self._histograms) + len(self._findings)
 
     # ---- committing ------------------------------------------------------------------------
-    def flush(self) -> None:
-        """Commit every buffered row in one transaction (no-op when nothing is buffered)."""
+    def flush(self, wait: bool = True) -> None:
+        """Commit every buffered row in one transaction (no-op when nothing is buffered).
+
+        ``wait=False`` hands the commit to the flusher thread and returns at once (the
+        caller's thread pays nothing for it); without a thread (``flush_interval=0``) it
+        commits now."""
         self._raise_background_error()
+        if not wait and self._flush_interval > 0 and not self.closed:
+            if self._thread is None:
+                self._start_thread()
+            self._wake.set()
+            return
         self._flush()
 
     def _flush(self) -> None:
