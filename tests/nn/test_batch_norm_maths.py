@@ -129,3 +129,71 @@ def test_statistics_are_those_of_the_definition_on_every_layout() -> None:
         _, mean_ref, var_ref = batch_norm_reference(x, None, None, 0.0)
         assert_close(mean, mean_ref, DOUBLE, f"{layout} mean")
         assert_close(var, var_ref, DOUBLE, f"{layout} var")
+
+
+def _rows_layout(name: str) -> torch.Tensor:
+    """float32 inputs laid out as rows of channels, far from zero (|mean| = 40 std)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn({"2d": (64, 6), "nc11": (16, 6, 1, 1), "channels_last": (4, 6, 5, 7),
+                     "channels_last_3d": (2, 6, 3, 4, 5)}[name], generator=g)  # fmt: skip
+    if name == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif name == "channels_last_3d":
+        x = x.to(memory_format=torch.channels_last_3d)
+    return (x * 1.5 + 60.0).requires_grad_(True)
+
+
+ROWS = ["2d", "nc11", "channels_last", "channels_last_3d"]
+
+
+@pytest.mark.parametrize("layout", ROWS)
+def test_float32_rows_run_the_c_kernels_no_less_accurate_than_torch(layout: str) -> None:
+    """Channels-innermost float32 CPU input takes the C kernels (float64 sums): output,
+    statistics and gradients at least as close to float64 as torch's kernel, same layout."""
+    from vitalstats.stats import native
+
+    if native.library() is None:
+        pytest.skip(f"the C kernels cannot be built here: {native.status()[1]}")
+    x = _rows_layout(layout)
+    w, b = (p.detach().float().requires_grad_(True) for p in _params(6))
+    y, mean, var, _ = batch_norm_training(x, w, b, 1e-5)
+    assert type(y.grad_fn).__name__ == "BatchNormFunctionBackward"
+    theirs = torch.nn.functional.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+    assert y.stride() == theirs.stride()
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y64, mean64, var64 = batch_norm_reference(x64, w64, b64, 1e-5)
+    grad = torch.randn_like(y)
+    ours = (y, *torch.autograd.grad(y, (x, w, b), grad))
+    torch_ = (theirs, *torch.autograd.grad(theirs, (x, w, b), grad))
+    exact = (y64, *torch.autograd.grad(y64, (x64, w64, b64), grad.double()))
+    for a, t, e, what in zip(ours, torch_, exact, ("y", "dx", "dw", "db"), strict=True):
+        error, torch_error = ((v.double() - e).abs().max() for v in (a, t))
+        assert error <= torch_error + 2 * torch.finfo(torch.float32).eps * e.abs().max(), what
+        assert a.stride() == t.stride(), what
+    torch.testing.assert_close(mean.double(), mean64, rtol=2e-7, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=3e-7, atol=0)
+
+
+def test_float32_rows_double_backward_is_the_reference_formulas() -> None:
+    x = _rows_layout("2d")
+    w, b = (p.detach().float().requires_grad_(True) for p in _params(6))
+    v = torch.randn_like(x)
+    results = []
+    for forward in (batch_norm_training, batch_norm_reference):
+        y = forward(x, w, b, 1e-5)[0]
+        (dx,) = torch.autograd.grad(y, x, v, create_graph=True)
+        results.append(torch.autograd.grad(dx.square().sum(), (x, w)))
+    for ours, ref, what in zip(*results, ("d2x", "d2w"), strict=True):
+        assert_close(ours, ref, torch.float32, what)
+
+
+def test_float32_rows_without_the_c_kernels_run_torchs_kernel(monkeypatch) -> None:
+    from vitalstats.stats import native
+
+    monkeypatch.setattr(native, "library", lambda: None)
+    x = _rows_layout("2d")
+    y, _, var, _ = batch_norm_training(x, None, None, 1e-5)
+    assert type(y.grad_fn).__name__ == "NativeBatchNormBackward0"
+    y_ref, _, var_ref = batch_norm_reference(x.detach().double(), None, None, 1e-5)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(var, var_ref, torch.float32, "var")

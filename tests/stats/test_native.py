@@ -231,3 +231,76 @@ def test_a_new_build_removes_builds_unused_for_a_week(tmp_path, monkeypatch):
     os.utime(stale, (time.time() - week, time.time() - week))
     built = native._build(native._compiler(), ["-O1", "-std=c99", "-fPIC", "-shared"])
     assert built.exists() and recent.exists() and not stale.exists()
+
+
+def _batch_norm_float64(x, w, b, dy, eps):
+    """Forward statistics and output, and the backward, in float64 from the definitions."""
+    x, dy = x.double(), dy.double()
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    invstd = (var + eps).rsqrt()
+    x_hat = (x - mean) * invstd
+    scale = invstd * (w.double() if w is not None else 1.0)
+    y = x_hat * (w.double() if w is not None else 1.0) + (b.double() if b is not None else 0.0)
+    n = x.shape[0]
+    dx = scale * (dy - dy.mean(0) - x_hat * (dy * x_hat).mean(0))
+    return y, mean, var, var * n / (n - 1), invstd, dx, (dy * x_hat).sum(0), dy.sum(0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.sampled_from([2, 3, 64, 257]),
+    channels=st.sampled_from([1, 5, 64, 130]),
+    log_scale=st.floats(-4, 3),
+    offset=st.sampled_from([0.0, 40.0, -3e3, 1e5]),
+    affine=st.booleans(),
+    outlier=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_batch_norm_rows_match_float64(rows, channels, log_scale, offset, affine, outlier, seed):
+    """Statistics, output and gradients of the (rows, C) BatchNorm kernels against float64 on
+    the same float32 input, also when the first row (the shift) is far from the mean: the
+    statistics to float32 rounding, y and the gradients to float32 rounding times the
+    problem's condition number |mean| / std."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, channels, generator=g, dtype=torch.float64) * 10**log_scale + offset
+    if outlier:
+        x[0] += 1e3 * 10**log_scale  # a poor shift: the kernel's second pass
+    x = x.float()
+    w = (torch.rand(channels, generator=g) + 0.5) if affine else None
+    b = torch.randn(channels, generator=g) if affine else None
+    dy = torch.randn(rows, channels, generator=g)
+    y, mean, var, unbiased, invstd = native.batch_norm_rows_forward(x, w, b, 1e-5)
+    dx, dw, db = native.batch_norm_rows_backward(dy, x, mean, invstd, w, (True, True, True))
+    y64, mean64, var64, unbiased64, invstd64, dx64, dw64, db64 = _batch_norm_float64(
+        x, w, b, dy, 1e-5
+    )
+    eps32 = torch.finfo(torch.float32).eps
+    std = (var64 + 1e-5).sqrt()
+    torch.testing.assert_close(mean.double(), mean64, rtol=eps32, atol=0)
+    for got, want in ((var, var64), (unbiased, unbiased64), (invstd, invstd64)):
+        torch.testing.assert_close(got.double(), want, rtol=2 * eps32, atol=0)
+    condition = 1.0 + mean64.abs() / std  # per channel
+    w64 = w.double() if w is not None else torch.ones(channels, dtype=torch.float64)
+    assert ((y.double() - y64).abs() <= 8 * eps32 * (condition * w64 + y64.abs())).all()
+    scale = (dy.double().abs().amax(0) * invstd64 * w64).clamp_min(1e-30)
+    assert ((dx.double() - dx64).abs() <= 64 * eps32 * condition * scale).all()
+    if affine:
+        assert ((dw.double() - dw64).abs() <= 16 * eps32 * condition * rows).all()
+    else:
+        assert dw is None
+    torch.testing.assert_close(db.double(), db64, rtol=2 * eps32, atol=1e-12)
+
+
+def test_batch_norm_rows_propagate_nan_and_skip_unwanted_gradients():
+    x = torch.randn(8, 3)
+    x[2, 1] = float("nan")
+    y, mean, var, _, _ = native.batch_norm_rows_forward(x, None, None, 1e-5)
+    assert torch.isnan(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
+    assert torch.isnan(mean[1]) and torch.isnan(var[1]) and torch.isfinite(var[[0, 2]]).all()
+    constant = torch.full((5, 2), 3.0)
+    y, mean, var, _, invstd = native.batch_norm_rows_forward(constant, None, None, 1e-5)
+    assert (var == 0).all() and (y == 0).all() and (mean == 3).all()
+    dx, dw, db = native.batch_norm_rows_backward(
+        torch.ones(5, 2), constant, mean, invstd, None, (False, True, True)
+    )
+    assert dx is None and dw is None and db.tolist() == [5.0, 5.0]

@@ -23,7 +23,12 @@ double backward differentiates. What runs (``batch_norm_training``):
 * for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
   corrected two-pass statistics of ``_centered_moments`` (``BatchNormFunction``): torch's
   kernel runs a scalar float64 loop over that layout, 5-10x slower; the backward is torch's
-  native kernel.
+  native kernel;
+* for float32 CPU input whose channels are the contiguous dim ((N, C), channels-last), the
+  C kernels of ``vitalstats.stats.native`` (``BatchNormFunction`` again): statistics from
+  float64 sums and the formulas above, forward and backward, each in two passes over the
+  rows, where torch's kernel spends about three times as long (benchmarks/norm.py); used
+  where those kernels are built and take the tensor (``native.supports``), torch's otherwise.
 
 Statistics are never formed as E[x^2] - E[x]^2.
 """
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor
 
 from vitalstats.nn._layout import channel_view, channels_contiguous, compute_dtype, reduced_dims
+from vitalstats.stats import native
 
 __all__ = [
     "BatchNormFunction",
@@ -131,6 +137,19 @@ def _centered_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
     return buffer, centered, rough_mean, correction, var
 
 
+def _rows_cpu(x: Tensor) -> bool:
+    """float32 CPU input laid out as (rows, C) in memory ((N, C), (N, C, 1, ...) or
+    channels-last), that the C kernels take."""
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.numel() > 0
+        and channels_contiguous(x)
+        and native.supports(x)
+        and native.library() is not None
+    )
+
+
 def _channels_first_cpu(x: Tensor) -> bool:
     """float32/float64 NCHW-contiguous CPU input with a spatial extent."""
     return (
@@ -206,7 +225,7 @@ def batch_norm_training(
     Half/bfloat16 input runs torch's kernel with the layer's own dtypes, as torch does: float32
     parameters/buffers (``buffer_dtype``) select its mixed-precision kernel with float32
     statistics; a layer converted to half precision gets statistics in that dtype."""
-    if _channels_first_cpu(x):
+    if _channels_first_cpu(x) or _rows_cpu(x):
         y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps)
         return y, mean, var, unbiased
     if x.dtype in (torch.float32, torch.float64):
@@ -241,10 +260,12 @@ def batch_norm_gradient_sums(
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """Training BatchNorm for float32/float64 channels-first CPU input: two-pass statistics
-    forward, torch's native backward. Returns (y, mean, var, unbiased var); the statistics are
-    non-differentiable outputs (their dependence on x is inside the backward formula). Saves x,
-    the weight, mean and invstd: no more than torch's kernel keeps."""
+    """Training BatchNorm for float32/float64 channels-first CPU input (two-pass statistics
+    forward, torch's native backward) and float32 CPU input laid out as rows of channels (the
+    C kernels both ways, ``native.batch_norm_rows_*``). Returns (y, mean, var, unbiased var);
+    the statistics are non-differentiable outputs (their dependence on x is inside the
+    backward formula). Saves x, the weight, mean and invstd: no more than torch's kernel
+    keeps. Double backward differentiates the reference formula."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -252,7 +273,13 @@ class BatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         weight_c = weight.to(x.dtype) if weight is not None else None
         bias_c = bias.to(x.dtype) if bias is not None else None
-        y, mean, var, unbiased, invstd = _two_pass_training(x, weight_c, bias_c, eps)
+        ctx.rows = not _channels_first_cpu(x)
+        if ctx.rows:
+            y, mean, var, unbiased, invstd = native.batch_norm_rows_forward(
+                x, _dense(weight_c), _dense(bias_c), eps
+            )
+        else:
+            y, mean, var, unbiased, invstd = _two_pass_training(x, weight_c, bias_c, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -270,6 +297,11 @@ class BatchNormFunction(torch.autograd.Function):
                 grad_out.to(dtype), x.to(dtype), weight_c, ctx.eps
             )
             grad_input = grad_input.to(x.dtype)
+        elif ctx.rows:
+            grad_input, grad_weight, grad_bias = native.batch_norm_rows_backward(
+                grad_out.contiguous(memory_format=_memory_format(x)), x, mean, invstd,
+                _dense(weight_c), (need_input, need_weight, need_bias),
+            )  # fmt: skip
         else:
             grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_out, x, weight_c, None, None, mean, invstd, True, ctx.eps,
@@ -279,3 +311,17 @@ class BatchNormFunction(torch.autograd.Function):
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(ctx.bias_dtype) if need_bias else None
         return grad_input, grad_weight, grad_bias, None
+
+
+def _dense(t: Tensor | None) -> Tensor | None:
+    """A (C,) parameter as the C kernels read it: contiguous, no autograd."""
+    return None if t is None else t.detach().contiguous()
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """The format x is dense in (a gradient must be laid out alike for the row kernels)."""
+    if x.dim() == 4 and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format

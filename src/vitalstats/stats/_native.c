@@ -480,3 +480,120 @@ void vs_fused_summaries(int64_t count, const float *const *a, const float *const
         if (n > 0) hints[t] = k + r / (double)n;
     }
 }
+
+/* ---- BatchNorm over rows (vitalstats.nn: float32 2-D and channels-last input) -----------
+ * x is (rows, C) row-major: an (N, C) input, or channels-last (N, *spatial, C). Per channel
+ * c, over its n = rows values, in double: the shift K = x[0, c], s = sum(x - K) and
+ * q = sum((x - K)^2). Their rounding error in M2 is at most about n * 2^-53 * (1 + R),
+ * R = (mean - K)^2 / var; where some channel's R exceeds 2^23 / n (that bound would pass
+ * 1e-9, a poor shift) a second pass sums about the mean instead, so the statistics are
+ * exact to float32 either way. mean = K + s / n, M2 = q - s^2 / n, var = M2 / n,
+ * unbiased = M2 / (n - 1), invstd = 1 / sqrt(var + eps); then, in float32,
+ * y = (x - m) * a + t with m = float(mean), a = invstd * w and t = b - (mean - m) * a
+ * (w, b may be NULL): x - m is exact near the mean, so y keeps float32 accuracy even where
+ * |mean| >> std (torch's CPU kernel forms x * a + (b - mean * a), which cancels there). */
+/* s[c] += sum_r (x[r, c] - k[c]),  q[c] += sum_r (x[r, c] - k[c])^2, row by row (the C
+ * accumulators stay in L1; narrow C streams memory once, where column blocks would not) */
+static void shifted_column_sums(const float *restrict x, int64_t rows, int64_t C,
+                                const double *restrict k, double *restrict s,
+                                double *restrict q) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict row = x + r * C;
+        for (int64_t c = 0; c < C; c++) {
+            double d = (double)row[c] - k[c];
+            s[c] += d, q[c] += d * d;
+        }
+    }
+}
+
+/* g[c] += sum_r dy[r, c],  h[c] += sum_r dy[r, c] * (x[r, c] - mean[c]) */
+static void gradient_column_sums(const float *restrict dy, const float *restrict x,
+                                 int64_t rows, int64_t C, const float *restrict mean,
+                                 double *restrict g, double *restrict h) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict grad = dy + r * C, *restrict row = x + r * C;
+        for (int64_t c = 0; c < C; c++) {
+            double d = (double)grad[c];
+            g[c] += d, h[c] += d * ((double)row[c] - (double)mean[c]);
+        }
+    }
+}
+
+/* stats: mean, var, unbiased, invstd, C floats each. Returns 0, or -1 when out of memory. */
+int vs_batch_norm_rows_forward(const float *x, int64_t rows, int64_t C, const float *w,
+                               const float *b, double eps, float *y, float *mean_out,
+                               float *var_out, float *unbiased_out, float *invstd_out) {
+    double *k = malloc(3 * (size_t)C * sizeof(double));
+    float *coef = malloc(2 * (size_t)C * sizeof(float));
+    if (k == NULL || coef == NULL) {
+        free(k), free(coef);
+        return -1;
+    }
+    double *s = k + C, *q = k + 2 * C, n = (double)rows;
+    float *a = coef, *t = coef + C;
+    float *m = mean_out;
+    for (int64_t c = 0; c < C; c++) k[c] = x[c], s[c] = 0.0, q[c] = 0.0;
+    shifted_column_sums(x + C, rows - 1, C, k, s, q); /* row 0 would add zeros */
+    int poor = 0;
+    const double limit = n < 8388608.0 ? 8388608.0 / n : 1.0; /* R above: 2^23 / n, >= 1 */
+    for (int64_t c = 0; c < C; c++) /* (mean - K)^2 = s^2 / n^2 > limit * M2 / n */
+        poor |= s[c] * s[c] > limit * n * (q[c] - s[c] * s[c] / n);
+    if (poor) {
+        for (int64_t c = 0; c < C; c++) k[c] += s[c] / n, s[c] = 0.0, q[c] = 0.0;
+        shifted_column_sums(x, rows, C, k, s, q);
+    }
+    for (int64_t c = 0; c < C; c++) {
+        double mean = k[c] + s[c] / n, m2 = q[c] - s[c] * s[c] / n;
+        m2 = m2 > 0.0 ? m2 : (m2 == m2 ? 0.0 : m2); /* rounding below zero -> 0, NaN kept */
+        double invstd = 1.0 / sqrt(m2 / n + eps);
+        double scale = invstd * (w != NULL ? (double)w[c] : 1.0);
+        mean_out[c] = (float)mean, var_out[c] = (float)(m2 / n);
+        unbiased_out[c] = (float)(m2 / (n - 1.0)), invstd_out[c] = (float)invstd;
+        a[c] = (float)scale;
+        t[c] = (float)((b != NULL ? (double)b[c] : 0.0) - (mean - (double)m[c]) * scale);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * C;
+        float *out = y + r * C;
+        for (int64_t c = 0; c < C; c++) out[c] = (row[c] - m[c]) * a[c] + t[c];
+    }
+    free(k), free(coef);
+    return 0;
+}
+
+/* The backward of vs_batch_norm_rows_forward, given the mean and invstd it returned. Per
+ * channel, in double: g = sum(dy), h = sum(dy * (x - mean)); db = g, dw = h * invstd, and in
+ * float32 dx = (dy - g / n - (x - mean) * invstd^2 * h / n) * invstd * w (torch's formula).
+ * dx, dw and db may each be NULL (not wanted); w may be NULL (no affine weight). */
+int vs_batch_norm_rows_backward(const float *dy, const float *x, int64_t rows, int64_t C,
+                                const float *mean, const float *invstd, const float *w,
+                                float *dx, float *dw, float *db) {
+    double *g = calloc(2 * (size_t)C, sizeof(double));
+    float *coef = malloc(3 * (size_t)C * sizeof(float));
+    if (g == NULL || coef == NULL) {
+        free(g), free(coef);
+        return -1;
+    }
+    double *h = g + C, n = (double)rows;
+    gradient_column_sums(dy, x, rows, C, mean, g, h);
+    for (int64_t c = 0; c < C; c++) {
+        if (db != NULL) db[c] = (float)g[c];
+        if (dw != NULL) dw[c] = (float)(h[c] * invstd[c]);
+    }
+    if (dx != NULL) {
+        float *k1 = coef, *mean_dy = coef + C, *k2 = coef + 2 * C;
+        for (int64_t c = 0; c < C; c++) {
+            double scale = (double)invstd[c] * (w != NULL ? (double)w[c] : 1.0);
+            k1[c] = (float)scale, mean_dy[c] = (float)(g[c] / n);
+            k2[c] = (float)(scale * (double)invstd[c] * (double)invstd[c] * h[c] / n);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            const float *grad = dy + r * C, *row = x + r * C;
+            float *out = dx + r * C;
+            for (int64_t c = 0; c < C; c++)
+                out[c] = (grad[c] - mean_dy[c]) * k1[c] - (row[c] - mean[c]) * k2[c];
+        }
+    }
+    free(g), free(coef);
+    return 0;
+}

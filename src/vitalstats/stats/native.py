@@ -7,7 +7,9 @@ then sum(x - K), sum((x - K)^2), min and max in one fused loop; the NaN/Inf coun
 those came out non-finite), and Adam's moment sums in one, for a whole list of tensors in
 one call. Its sums run in independent lanes folded into float64 every 2048 values, so they
 are more accurate than ATen's float32 reductions (tests/stats/test_native.py measures both
-against float64).
+against float64). It also holds vitalstats.nn's BatchNorm kernels for float32 input laid out
+as rows of channels ((N, C), channels-last): statistics from float64 sums, the output and
+the backward, each in two passes (``batch_norm_rows_forward``/``_backward``).
 
 The library is built once per machine with the system C compiler (``cc``, ``gcc`` or
 ``clang``; ``$CC`` wins), about a second, and cached by the hash of its source and flags in
@@ -141,6 +143,14 @@ def _load() -> ctypes.CDLL:
     lib.vs_fused_summaries.argtypes = [ctypes.c_int64, pointer, pointer, pointer, pointer,
                                        pointer, pointer, pointer]  # fmt: skip
     lib.vs_fused_summaries.restype = None
+    lib.vs_batch_norm_rows_forward.argtypes = [pointer, ctypes.c_int64, ctypes.c_int64, pointer,
+                                               pointer, ctypes.c_double, pointer, pointer,
+                                               pointer, pointer, pointer]  # fmt: skip
+    lib.vs_batch_norm_rows_forward.restype = ctypes.c_int
+    lib.vs_batch_norm_rows_backward.argtypes = [pointer, pointer, ctypes.c_int64, ctypes.c_int64,
+                                                pointer, pointer, pointer, pointer, pointer,
+                                                pointer]  # fmt: skip
+    lib.vs_batch_norm_rows_backward.restype = ctypes.c_int
     return lib
 
 
@@ -337,3 +347,55 @@ def fused_summaries(
         None if minus_squares is None else minus_squares.data_ptr(),
     )
     return out
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def batch_norm_rows_forward(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training BatchNorm of float32 ``x`` whose values lie as (rows, C) rows in memory (a
+    contiguous (N, C) tensor, or channels-last with C = x.shape[1]): (y like x, mean, biased
+    var, unbiased var, invstd), the statistics (C,) float32 from float64 sums (one pass about
+    the first row, a second about the mean where that shift was poor). ``weight``/``bias``:
+    contiguous float32 (C,) or None. No autograd."""
+    lib = library()
+    assert lib is not None, "vitalstats.stats.native: the C kernels are unavailable"
+    channels = x.shape[1]
+    y = torch.empty_like(x)
+    mean, var, unbiased, invstd = torch.empty((4, channels), dtype=torch.float32).unbind(0)
+    code = lib.vs_batch_norm_rows_forward(
+        x.data_ptr(), x.numel() // channels, channels, _pointer(weight), _pointer(bias),
+        float(eps), y.data_ptr(), mean.data_ptr(), var.data_ptr(), unbiased.data_ptr(),
+        invstd.data_ptr(),
+    )  # fmt: skip
+    if code != 0:
+        raise MemoryError(f"vitalstats.stats.native.batch_norm_rows_forward: {channels} channels")
+    return y, mean, var, unbiased, invstd
+
+
+def batch_norm_rows_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dw, db) of ``batch_norm_rows_forward`` (``grad_out`` laid out as ``x``), each
+    None where ``needs`` says it is not wanted (dw also without a weight)."""
+    lib = library()
+    assert lib is not None, "vitalstats.stats.native: the C kernels are unavailable"
+    channels = x.shape[1]
+    dx = torch.empty_like(x) if needs[0] else None
+    dw = torch.empty(channels, dtype=torch.float32) if needs[1] and weight is not None else None
+    db = torch.empty(channels, dtype=torch.float32) if needs[2] else None
+    code = lib.vs_batch_norm_rows_backward(
+        grad_out.data_ptr(), x.data_ptr(), x.numel() // channels, channels, mean.data_ptr(),
+        invstd.data_ptr(), _pointer(weight), _pointer(dx), _pointer(dw), _pointer(db),
+    )  # fmt: skip
+    if code != 0:
+        raise MemoryError(f"vitalstats.stats.native.batch_norm_rows_backward: {channels} channels")
+    return dx, dw, db
