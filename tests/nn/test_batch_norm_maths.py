@@ -146,14 +146,21 @@ def _rows_layout(name: str) -> torch.Tensor:
 ROWS = ["2d", "nc11", "channels_last", "channels_last_3d"]
 
 
-@pytest.mark.parametrize("layout", ROWS)
-def test_float32_rows_run_the_c_kernels_no_less_accurate_than_torch(layout: str) -> None:
-    """Channels-innermost float32 CPU input takes the C kernels (float64 sums): output,
-    statistics and gradients at least as close to float64 as torch's kernel, same layout."""
+@pytest.fixture()
+def rows_kernels(monkeypatch):
+    """The C kernels for these small inputs too (they take inputs of 2^21 values and up)."""
+    from vitalstats.nn import _batch_norm
     from vitalstats.stats import native
 
     if native.library() is None:
         pytest.skip(f"the C kernels cannot be built here: {native.status()[1]}")
+    monkeypatch.setattr(_batch_norm, "_ROWS_MIN_VALUES", 1)
+
+
+@pytest.mark.parametrize("layout", ROWS)
+def test_float32_rows_run_the_c_kernels_no_less_accurate_than_torch(layout, rows_kernels) -> None:
+    """Channels-innermost float32 CPU input takes the C kernels (float64 sums): output,
+    statistics and gradients at least as close to float64 as torch's kernel, same layout."""
     x = _rows_layout(layout)
     w, b = (p.detach().float().requires_grad_(True) for p in _params(6))
     y, mean, var, _ = batch_norm_training(x, w, b, 1e-5)
@@ -174,8 +181,11 @@ def test_float32_rows_run_the_c_kernels_no_less_accurate_than_torch(layout: str)
     torch.testing.assert_close(var.double(), var64, rtol=3e-7, atol=0)
 
 
-def test_float32_rows_double_backward_is_the_reference_formulas() -> None:
+def test_float32_rows_double_backward_is_the_reference_formulas(rows_kernels) -> None:
     x = _rows_layout("2d")
+    assert type(batch_norm_training(x, None, None, 1e-5)[0].grad_fn).__name__ == (
+        "BatchNormFunctionBackward"
+    )
     w, b = (p.detach().float().requires_grad_(True) for p in _params(6))
     v = torch.randn_like(x)
     results = []
@@ -187,10 +197,29 @@ def test_float32_rows_double_backward_is_the_reference_formulas() -> None:
         assert_close(ours, ref, torch.float32, what)
 
 
+def test_large_float32_rows_on_one_thread_take_the_c_kernels_small_ones_torchs() -> None:
+    from vitalstats.stats import native
+
+    if native.library() is None:
+        pytest.skip(f"the C kernels cannot be built here: {native.status()[1]}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        big = torch.randn(2048, 1024, requires_grad=True)  # 2^21 values
+        small = torch.randn(2047, 1024, requires_grad=True)
+        paths = [type(batch_norm_training(x, None, None, 1e-5)[0].grad_fn).__name__
+                 for x in (big, small)]  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert paths == ["BatchNormFunctionBackward", "NativeBatchNormBackward0"]
+
+
 def test_float32_rows_without_the_c_kernels_run_torchs_kernel(monkeypatch) -> None:
+    from vitalstats.nn import _batch_norm
     from vitalstats.stats import native
 
     monkeypatch.setattr(native, "library", lambda: None)
+    monkeypatch.setattr(_batch_norm, "_ROWS_MIN_VALUES", 1)
     x = _rows_layout("2d")
     y, _, var, _ = batch_norm_training(x, None, None, 1e-5)
     assert type(y.grad_fn).__name__ == "NativeBatchNormBackward0"

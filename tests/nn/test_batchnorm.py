@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 import vitalstats as vs
 from tests.nn._compare import assert_close, assert_matches_torch_or_is_more_accurate
+from vitalstats.nn import _batch_norm
+from vitalstats.stats import native
 
 PAIRS = {1: (vs.nn.BatchNorm1d, torch.nn.BatchNorm1d), 2: (vs.nn.BatchNorm2d, torch.nn.BatchNorm2d),
          3: (vs.nn.BatchNorm3d, torch.nn.BatchNorm3d)}  # fmt: skip
@@ -61,6 +63,22 @@ def _layer_dtype(p) -> torch.dtype:
 def test_twenty_training_steps_match_torch(p) -> None:
     """Forward output, input/weight/bias gradients every step; running buffers after 20.
     Low precision: no less accurate than torch against a float64 twin (see _compare)."""
+    _twenty_steps_match_torch(p)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bn_problems())
+def test_twenty_training_steps_match_torch_through_the_c_row_kernels(p) -> None:
+    """The same where the C kernels (``vitalstats.stats.native``) take every float32 input
+    laid out as rows of channels, as they take inputs of 2^21 values and up."""
+    if native.library() is None:
+        pytest.skip(f"the C kernels cannot be built here: {native.status()[1]}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_batch_norm, "_ROWS_MIN_VALUES", 1)
+        _twenty_steps_match_torch(p)
+
+
+def _twenty_steps_match_torch(p) -> None:
     dtype = p["dtype"]
     kwargs = {"momentum": p["momentum"], "affine": p["affine"]}
     ours, theirs = _twins(p["spatial"], p["shape"][1], dtype=_layer_dtype(p), **kwargs)
