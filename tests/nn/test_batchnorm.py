@@ -340,3 +340,42 @@ def test_eps_zero_is_rejected_in_training_as_in_torch_and_allowed_in_eval() -> N
         ours(x)
     ours.eval(), theirs.eval()
     assert_close(ours(x), theirs(x), torch.float32, "eval output with eps=0")
+
+
+@pytest.mark.parametrize("layout", ["2d", "nchw", "channels_last"])
+def test_torch_func_grad_vmap_and_per_sample_gradients_work_as_in_torch(layout, monkeypatch):
+    """torch.func transforms (grad, vmap, vmap of grad: per-sample gradients) run through
+    torch's kernel, whose batching rules they need, and give torch's results; in eval mode
+    the running buffers are read, as in torch."""
+    from torch.func import functional_call, grad, vmap
+
+    monkeypatch.setattr(_batch_norm, "_ROWS_MIN_VALUES", 1)  # the C kernels would otherwise run
+    shape = {"2d": (6, 4), "nchw": (3, 4, 5, 5), "channels_last": (3, 4, 5, 5)}[layout]
+    torch.manual_seed(0)
+    xs = torch.randn(2, *shape) * 2 + 3
+    if layout == "channels_last":
+        xs = torch.stack([x.to(memory_format=torch.channels_last) for x in xs])
+    cls = (vs.nn.BatchNorm1d, torch.nn.BatchNorm1d) if layout == "2d" else (
+        vs.nn.BatchNorm2d, torch.nn.BatchNorm2d
+    )  # fmt: skip
+    results = []
+    for layer_cls in cls:
+        layer = layer_cls(4, track_running_stats=False)
+        params = {k: v.detach() for k, v in layer.named_parameters()}
+
+        def loss(p, x, layer=layer):
+            return functional_call(layer, p, (x,)).square().sum()
+
+        tracked = layer_cls(4).eval()
+        with torch.no_grad():
+            tracked.running_mean.uniform_(-1, 1)
+            tracked.running_var.uniform_(0.5, 2)
+        results.append((grad(loss)(params, xs[0]), vmap(layer)(xs),
+                        vmap(grad(loss), in_dims=(None, 0))(params, xs), tracked))  # fmt: skip
+    (g_ours, y_ours, per_ours, eval_ours), (g_torch, y_torch, per_torch, eval_torch) = results
+    eval_ours.load_state_dict(eval_torch.state_dict())
+    for name in ("weight", "bias"):
+        assert_close(g_ours[name], g_torch[name], torch.float32, f"grad {name}")
+        assert_close(per_ours[name], per_torch[name], torch.float32, f"per-sample {name}")
+    assert_close(y_ours, y_torch, torch.float32, "vmap output")
+    assert_close(vmap(eval_ours)(xs), vmap(eval_torch)(xs), torch.float32, "vmap eval output")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vitalstats as vs
-from tests.nn._compare import assert_matches_torch_or_is_more_accurate
+from tests.nn._compare import assert_close, assert_matches_torch_or_is_more_accurate
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -174,3 +174,36 @@ def test_group_norm_keeps_channels_last_and_matches_torch() -> None:
     (g_theirs,) = torch.autograd.grad(y_theirs, x, grad)
     assert g_ours.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda nn: nn.LayerNorm(8), (4, 8)),
+        (lambda nn: nn.GroupNorm(2, 4), (3, 4, 5)),
+        (lambda nn: nn.RMSNorm(8), (4, 8)),
+        (lambda nn: nn.RMSNorm([2, 4], elementwise_affine=False), (3, 2, 4)),
+    ],
+    ids=["LayerNorm", "GroupNorm", "RMSNorm", "RMSNorm-no-weight"],
+)
+def test_torch_func_grad_vmap_and_per_sample_gradients_work_as_in_torch(make, shape):
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    xs = torch.randn(2, *shape) * 2 + 1
+    results = []
+    for nn in (vs.nn, torch.nn):
+        layer = make(nn)
+        params = {k: v.detach() for k, v in layer.named_parameters()}
+
+        def loss(p, x, layer=layer):
+            return functional_call(layer, p, (x,)).square().sum()
+
+        per_sample = vmap(grad(loss), in_dims=(None, 0))(params, xs) if params else {}
+        dx = grad(loss, argnums=1)(params, xs[0])
+        results.append((dx, vmap(layer)(xs), per_sample))
+    (dx_ours, y_ours, per_ours), (dx_torch, y_torch, per_torch) = results
+    assert_close(dx_ours, dx_torch, torch.float32, "grad x")
+    assert_close(y_ours, y_torch, torch.float32, "vmap output")
+    for name in per_torch:
+        assert_close(per_ours[name], per_torch[name], torch.float32, f"per-sample {name}")

@@ -304,3 +304,19 @@ def test_batch_norm_rows_propagate_nan_and_skip_unwanted_gradients():
         torch.ones(5, 2), constant, mean, invstd, None, (False, True, True)
     )
     assert dx is None and dw is None and db.tolist() == [5.0, 5.0]
+
+
+def test_torch_func_wrapped_tensors_are_left_to_aten():
+    """grad/vmap wrap tensors that have no data pointer of their own: not for the C kernels."""
+    from torch.func import grad, vmap
+
+    seen = []
+
+    def probe(x):
+        seen.append(native.supports(x))
+        return x.sum()
+
+    grad(probe)(torch.randn(5))
+    vmap(probe)(torch.randn(2, 5))
+    probe(torch.randn(5))
+    assert seen == [False, False, True]

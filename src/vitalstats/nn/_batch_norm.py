@@ -159,12 +159,14 @@ def _rows_cpu(x: Tensor) -> bool:
 
 
 def _channels_first_cpu(x: Tensor) -> bool:
-    """float32/float64 NCHW-contiguous CPU input with a spatial extent."""
+    """float32/float64 NCHW-contiguous CPU input with a spatial extent, outside torch.func
+    transforms (``BatchNormFunction`` has no vmap rule; torch's kernel has them all)."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
         and not channels_contiguous(x)
+        and not native.functorch_wrapped(x)
     )
 
 
@@ -191,13 +193,21 @@ def _native_training(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, var, unbiased var, invstd) from torch's training kernel; scratch running
     buffers (zeros in ``stats_dtype``, momentum 1) receive mean and unbiased var, the layer's
-    are untouched. Differentiable in x, weight, bias (torch's C++ backward node)."""
+    are untouched. Differentiable in x, weight, bias (torch's C++ backward node). Under
+    torch.func's vmap the scratch buffers would be unbatched: there the kernel runs without
+    them and the variance comes from ``torch.var`` (the same two-pass float64 arithmetic
+    on CPU)."""
+    count = x.numel() // x.shape[1]
+    if native.functorch_wrapped(x):
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        with torch.no_grad():
+            var = torch.var(x.detach().to(stats_dtype), reduced_dims(x), correction=0)
+        return y, mean.detach(), var, var * (count / max(count - 1, 1)), invstd
     scratch = torch.zeros(2, x.shape[1], dtype=stats_dtype, device=x.device)
     scratch_mean, unbiased = scratch.unbind(0)
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, scratch_mean, unbiased, True, 1.0, eps
     )
-    count = x.numel() // x.shape[1]
     return y, mean, unbiased * ((count - 1) / count), unbiased, invstd
 
 

@@ -28,7 +28,8 @@ from vitalstats.nn._batch_norm import batch_norm_training
 from vitalstats.nn._errors import check_float_input, check_param_shape, describe_shape
 from vitalstats.nn._layout import compute_dtype
 from vitalstats.nn._per_sample import group_norm_native, layer_norm_native
-from vitalstats.nn._rms_norm import RMSNormFunction
+from vitalstats.nn._rms_norm import RMSNormFunction, rms_norm_reference
+from vitalstats.stats.native import functorch_wrapped
 
 __all__ = [
     "batch_norm",
@@ -351,6 +352,8 @@ def rms_norm(
     check_param_shape(weight, tuple(input.shape[dims[0] :]), "weight", "rms_norm", input)
     if eps is None:
         eps = torch.finfo(compute_dtype(input.dtype)).eps
+    if functorch_wrapped(input):  # torch.func grad/vmap: the differentiable formula, no Function
+        return rms_norm_reference(input, dims, weight, eps).to(input.dtype)
     width = math.prod(input.shape[dims[0] :])
     rows = input.reshape(-1, width)  # a view when contiguous
     flat_weight = weight.reshape(width) if weight is not None else None

@@ -184,16 +184,32 @@ def dense(x: torch.Tensor) -> bool:
     return False
 
 
+try:  # torch.func's grad/vmap wrappers: plain torch.Tensor in Python, but no data pointer
+    from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
+except ImportError:  # pragma: no cover - a torch without functorch
+
+    def _is_wrapped(x: torch.Tensor) -> bool:
+        return False
+
+
+def functorch_wrapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a torch.func grad/vmap wrapper (False while torch.compile traces,
+    which cannot call the check and handles the transforms itself)."""
+    return not torch.compiler.is_compiling() and _is_wrapped(x)
+
+
 def supports(x: torch.Tensor) -> bool:
     """Whether the C kernels take ``x`` (CPU, float32/float64/bfloat16, dense, a plain
-    tensor, outside a traced graph, and one thread's worth of work)."""
+    tensor with its own memory (not a torch.func grad/vmap wrapper), outside a traced graph,
+    and one thread's worth of work)."""
     return (
         x.device.type == "cpu"
         and x.dtype in DTYPE_CODES
         and type(x) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not _is_wrapped(x)  # before dense(): vmap cannot answer it
         and dense(x)
         and (x.numel() < _PARALLEL_GRAIN or torch.get_num_threads() == 1)
-        and not torch.compiler.is_compiling()
     )
 
 
