@@ -156,3 +156,47 @@ def test_flushes_commit_on_the_stores_thread_and_sync_store_waits(tmp_path, monk
     assert steps.tolist() == list(range(6))
     monitor.close()
     store.close()
+
+
+def test_a_failing_store_warns_once_training_goes_on_and_nothing_is_lost(tmp_path, monkeypatch):
+    """A commit that fails (here: disk full, in the store's thread) never raises into the
+    training step: one warning, and the rows are committed once the store works again."""
+    import sqlite3
+    import warnings
+
+    store = vs.RunStore(tmp_path / "r.sqlite", flush_interval=3600)
+    write = store._writer._write
+    broken = {"on": True}
+
+    def failing(*args, **kwargs):
+        if broken["on"]:
+            raise sqlite3.OperationalError("database or disk is full")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(store._writer, "_write", failing)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = vs.Monitor(model, optimizer=opt, store=store, config=everything(flush_every=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, opt, monitor, batches(8))  # 4 flushes, every commit fails
+        for _ in range(100):  # the thread's failure surfaces at a later flush
+            if any("could not be written" in str(w.message) for w in caught):
+                break
+            time.sleep(0.01)
+            train(model, opt, monitor, batches(2))
+    messages = [str(w.message) for w in caught if "could not be written" in str(w.message)]
+    assert len(messages) == 1 and "disk is full" in messages[0] and "run store" in messages[0]
+    broken["on"] = False
+    steps, run = monitor.step_index, monitor.run_id
+    for _ in range(3):  # a commit that failed before the fix is raised once, by the next call
+        try:
+            monitor.sync_store()
+            break
+        except sqlite3.OperationalError:
+            pass
+    monitor.close()
+    with vs.RunStore(tmp_path / "r.sqlite", readonly=True) as reader:
+        recorded, _ = reader.series(run, "", "loss")
+    assert recorded.tolist() == list(range(steps))
+    store.close()

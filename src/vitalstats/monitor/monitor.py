@@ -146,6 +146,7 @@ class Monitor:
         self._last_time: float | None = None
         self._warned_stale_graph = False
         self._warned_degraded: set[str] = set()
+        self._warned_sinks: set[str] = set()
         self._hooks = Hooks(self.state, self.inner, self.layers, self.parameters, optimizer)
         self._store = None if _lint else StoreSink.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
@@ -320,12 +321,34 @@ class Monitor:
         if spreads:
             self._diagnoser.buffer_divergence(spreads, self.step_index - 1)
         self.history.extend(window)
-        if self._store is not None:
-            self._store.write(window, self.findings.take_unsaved())
-        if self._tensorboard is not None:
-            self._tensorboard.write(window)
+        self._write_sinks(window)
         self._announce(self.findings.take_new())
         return window
+
+    def _write_sinks(self, window: list[StepMetrics]) -> None:
+        """Write the window to the run store and TensorBoard (``_guarded``)."""
+        store, tensorboard = self._store, self._tensorboard
+        if store is not None:
+            self._guarded("run store", lambda: store.write(window, self.findings.take_unsaved()))
+        if tensorboard is not None:
+            self._guarded("TensorBoard", lambda: tensorboard.write(window))
+
+    def _guarded(self, sink: str, write: Callable[[], None]) -> None:
+        """Run a sink's write. One that fails (a full disk, a locked file, a broken writer)
+        warns once and never stops the training step; the run store keeps the rows it could
+        not commit and retries them at the next flush."""
+        try:
+            write()
+        except Exception as error:  # the monitor is a guest: training goes on
+            if sink not in self._warned_sinks:
+                self._warned_sinks.add(sink)
+                warnings.warn(
+                    f"vs.Monitor: the {sink} could not be written ({type(error).__name__}: "
+                    f"{error}); training continues, the monitor keeps its history and the run "
+                    "store retries its rows at each flush (warned once)",
+                    UserWarning,
+                    stacklevel=5,
+                )
 
     def _announce(self, new: list[Finding]) -> None:
         """Each new finding: a log record, the user's callback, and the stop check."""

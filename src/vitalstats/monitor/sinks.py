@@ -101,19 +101,33 @@ class StoreSink:
         return cls(store, owned, run_id, monitor)
 
     def write(self, window: list[StepMetrics], findings: list[Finding]) -> None:
+        """Buffer the window's rows and ask for a commit. An error from one call (a failed
+        earlier commit surfacing, a broken store) does not stop the others: every row is
+        handed over, then the first error is raised."""
         store, run = self.store, self.run_id
+        errors: list[Exception] = []
+
+        def hand_over(call: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                call(*args, **kwargs)
+            except Exception as error:
+                errors.append(error)
+
         for metrics in window:
             rows = [(layer, metric, value) for (layer, metric), value in metrics.scalars.items()]
             if rows:
-                store.add_scalars(run, metrics.step, rows)
+                hand_over(store.add_scalars, run, metrics.step, rows)
             for (layer, metric), counts in metrics.histograms.items():
-                store.add_histogram(run, metrics.step, layer, metric, self.edges[metric], counts)
+                hand_over(store.add_histogram, run, metrics.step, layer, metric,
+                          self.edges[metric], counts)  # fmt: skip
         if findings:
-            store.add_findings(run, [f.to_dict() for f in findings])
+            hand_over(store.add_findings, run, [f.to_dict() for f in findings])
         if self._commit_in_background:  # the store's thread commits: the step does not wait
-            store.flush(wait=False)
+            hand_over(store.flush, wait=False)
         else:
-            store.flush()
+            hand_over(store.flush)
+        if errors:
+            raise errors[0]
 
     def close(self, status: str) -> None:
         self.store.end_run(self.run_id, status=status)

@@ -195,8 +195,7 @@ def _native_training(
     buffers (zeros in ``stats_dtype``, momentum 1) receive mean and unbiased var, the layer's
     are untouched. Differentiable in x, weight, bias (torch's C++ backward node). Under
     torch.func's vmap the scratch buffers would be unbatched: there the kernel runs without
-    them and the variance comes from ``torch.var`` (the same two-pass float64 arithmetic
-    on CPU)."""
+    them and the variance comes from ``torch.var`` in ``stats_dtype``."""
     count = x.numel() // x.shape[1]
     if native.functorch_wrapped(x):
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)

@@ -3,8 +3,8 @@
 Callers append rows to in-memory buffers (cheap, under a short lock); ``flush`` swaps the
 buffers out and commits them in one ``BEGIN IMMEDIATE`` transaction with ``executemany``.
 A daemon thread flushes every ``flush_interval`` seconds, or sooner once ``flush_rows`` rows
-are waiting. A failed flush puts its rows back and re-raises in the caller's next call, so
-nothing is dropped silently. After ``fork`` the child never touches the parent's connection.
+are waiting. A failed flush puts its rows back and re-raises in the caller's next call (whose
+own rows are queued first), so nothing is dropped, silently or not. After ``fork`` the child never touches the parent's connection.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class StoreWriter:
         histograms: Sequence[HistogramRow] = (),
         findings: Sequence[FindingRow] = (),
     ) -> None:
-        """Queue rows for the next flush; starts the flusher thread on first use."""
+        """Queue rows for the next flush; starts the flusher thread on first use. A failure
+        of the flusher thread is raised here after the rows are queued: they are kept."""
         self._check_process()
-        self._raise_background_error()
         with self._buffer_lock:
             self._scalars.extend(scalars)
             self._histograms.extend(histograms)
@@ -62,6 +62,7 @@ class StoreWriter:
             self._start_thread()
         if waiting >= self._flush_rows:
             self._wake.set()
+        self._raise_background_error()
 
     def pending_rows(self) -> int:
         with self._buffer_lock:
