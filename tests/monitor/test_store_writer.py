@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 import vitalstats as vs
+from tests.helpers.store import committing_threads
 from tests.monitor.helpers import batches, everything, mlp, train
 
 CONTRACT_METRICS = set(vs.monitor.METRICS)
@@ -133,14 +133,7 @@ def test_flushes_commit_on_the_stores_thread_and_sync_store_waits(tmp_path, monk
     not wait for it); sync_store() commits on the caller's thread, and a fresh reader then
     sees every flushed step."""
     store = vs.RunStore(tmp_path / "r.sqlite", flush_interval=3600)
-    committers: list[str] = []
-    write = store._writer._write
-
-    def recording(*args, **kwargs):
-        committers.append(threading.current_thread().name)
-        return write(*args, **kwargs)
-
-    monkeypatch.setattr(store._writer, "_write", recording)
+    committers = committing_threads(store, monkeypatch)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = vs.Monitor(model, optimizer=opt, store=store, config=everything(flush_every=2))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import vitalstats as vs
+from tests.helpers.store import committing_threads
 from tests.store.writer_process import LAYERS, METRICS, expected_value
 
 WRITER = Path(__file__).with_name("writer_process.py")
@@ -59,14 +60,7 @@ def test_flush_without_waiting_hands_the_commit_to_the_flusher(tmp_path, monkeyp
     with vs.RunStore(path, flush_interval=3600) as store:
         run = store.start_run()
         store.add_scalars(run, 0, [("", "loss", 1.0)])
-        callers: list[str] = []
-        commit = store._writer._write
-
-        def recording(*args, **kwargs):
-            callers.append(threading.current_thread().name)
-            return commit(*args, **kwargs)
-
-        monkeypatch.setattr(store._writer, "_write", recording)
+        callers = committing_threads(store, monkeypatch)
         store.flush(wait=False)  # returns at once; the thread commits long before 3600 s
         deadline = time.monotonic() + 10
         while _committed_steps(path) != [0] and time.monotonic() < deadline:
