@@ -545,3 +545,24 @@ def test_adam_moment_statistics_agree_with_vs_optim_moment_stats_under_amsgrad()
         ):
             assert metrics[(name, metric)] == pytest.approx(column[i].item(), rel=1e-5)
     monitor.close()
+
+
+def test_a_failing_diagnosis_warns_once_and_the_statistics_are_still_recorded(monkeypatch):
+    """A diagnosis rule that raises (a vitalstats bug) must not stop the user's training:
+    one warning asking for a report, and every step's statistics still land in history."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = vs.Monitor(model, optimizer=opt, config=everything(flush_every=2))
+
+    def broken(metrics):
+        raise ZeroDivisionError("a rule met data it did not expect")
+
+    monkeypatch.setattr(monitor._diagnoser, "observe", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, opt, monitor, batches(6))
+    messages = [str(w.message) for w in caught if "diagnosing" in str(w.message)]
+    assert len(messages) == 1 and "ZeroDivisionError" in messages[0] and "report" in messages[0]
+    assert [m.step for m in monitor.history] == list(range(6))
+    assert all(("0.weight", "grad_norm") in m.scalars for m in monitor.history)
+    monitor.close()

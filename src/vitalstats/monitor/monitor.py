@@ -146,7 +146,7 @@ class Monitor:
         self._last_time: float | None = None
         self._warned_stale_graph = False
         self._warned_degraded: set[str] = set()
-        self._warned_sinks: set[str] = set()
+        self._warned_sinks: set[str] = set()  # flush parts that failed (warned once)
         self._hooks = Hooks(self.state, self.inner, self.layers, self.parameters, optimizer)
         self._store = None if _lint else StoreSink.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
@@ -313,17 +313,20 @@ class Monitor:
                 self._records.append(record)
         records, self._records = self._records, []
         window = _merge_by_step([derive(values, self._bn_eps) for values in gather(records)])
-        self._diagnoser.observations(self.state.take_observations())
-        for metrics in window:
-            self._diagnoser.observe(metrics)
-        self._diagnoser.observe_window(window)
-        spreads = self._buffer_spreads()
-        if spreads:
-            self._diagnoser.buffer_divergence(spreads, self.step_index - 1)
+        spreads = self._buffer_spreads()  # a collective: every rank, whatever follows
+        self._guarded("diagnosis", lambda: self._diagnose(window, spreads))
         self.history.extend(window)
         self._write_sinks(window)
         self._announce(self.findings.take_new())
         return window
+
+    def _diagnose(self, window: list[StepMetrics], spreads: dict[str, float]) -> None:
+        self._diagnoser.observations(self.state.take_observations())
+        for metrics in window:
+            self._diagnoser.observe(metrics)
+        self._diagnoser.observe_window(window)
+        if spreads:
+            self._diagnoser.buffer_divergence(spreads, self.step_index - 1)
 
     def _write_sinks(self, window: list[StepMetrics]) -> None:
         """Write the window to the run store and TensorBoard (``_guarded``)."""
@@ -333,19 +336,26 @@ class Monitor:
         if tensorboard is not None:
             self._guarded("TensorBoard", lambda: tensorboard.write(window))
 
-    def _guarded(self, sink: str, write: Callable[[], None]) -> None:
-        """Run a sink's write. One that fails (a full disk, a locked file, a broken writer)
-        warns once and never stops the training step; the run store keeps the rows it could
-        not commit and retries them at the next flush."""
+    def _guarded(self, part: str, run: Callable[[], None]) -> None:
+        """Run one part of a flush (the diagnosis, a sink's write). One that fails (a full
+        disk, a locked file, a broken writer, a diagnosis rule meeting data it did not
+        expect) warns once and never stops the training step: the statistics are still
+        recorded, and the run store keeps the rows it could not commit and retries them at
+        the next flush."""
         try:
-            write()
+            run()
         except Exception as error:  # the monitor is a guest: training goes on
-            if sink not in self._warned_sinks:
-                self._warned_sinks.add(sink)
+            if part not in self._warned_sinks:
+                self._warned_sinks.add(part)
+                what = (
+                    "diagnosing the flushed steps failed" if part == "diagnosis"
+                    else f"the {part} could not be written"
+                )  # fmt: skip
                 warnings.warn(
-                    f"vs.Monitor: the {sink} could not be written ({type(error).__name__}: "
-                    f"{error}); training continues, the monitor keeps its history and the run "
-                    "store retries its rows at each flush (warned once)",
+                    f"vs.Monitor: {what} ({type(error).__name__}: {error}); training "
+                    "continues, the monitor keeps recording its statistics and the run store "
+                    "retries its rows at each flush (warned once; a failed diagnosis is a "
+                    "vitalstats bug: please report it)",
                     UserWarning,
                     stacklevel=5,
                 )
