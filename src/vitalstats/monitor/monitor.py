@@ -146,7 +146,7 @@ class Monitor:
         self._last_time: float | None = None
         self._warned_stale_graph = False
         self._warned_degraded: set[str] = set()
-        self._warned_sinks: set[str] = set()  # flush parts that failed (warned once)
+        self._failed_parts: set[str] = set()  # flush parts that failed (warned once)
         self._hooks = Hooks(self.state, self.inner, self.layers, self.parameters, optimizer)
         self._store = None if _lint else StoreSink.open(store, run_name, run_config, self)
         self._tensorboard = None if _lint else TensorBoardSink.open(tensorboard, self.config)
@@ -345,20 +345,31 @@ class Monitor:
         try:
             run()
         except Exception as error:  # the monitor is a guest: training goes on
-            if part not in self._warned_sinks:
-                self._warned_sinks.add(part)
-                what = (
-                    "diagnosing the flushed steps failed" if part == "diagnosis"
-                    else f"the {part} could not be written"
-                )  # fmt: skip
-                warnings.warn(
-                    f"vs.Monitor: {what} ({type(error).__name__}: {error}); training "
-                    "continues, the monitor keeps recording its statistics and the run store "
-                    "retries its rows at each flush (warned once; a failed diagnosis is a "
-                    "vitalstats bug: please report it)",
-                    UserWarning,
-                    stacklevel=5,
+            if part in self._failed_parts:
+                return
+            self._failed_parts.add(part)
+            if part == "diagnosis":
+                what, after = (
+                    "diagnosing the flushed steps failed",
+                    (
+                        "the statistics are still recorded and stored (a vitalstats bug: please "
+                        "report it)"
+                    ),
                 )
+            else:
+                what, after = (
+                    f"the {part} could not be written",
+                    (
+                        "the monitor keeps its history, and the run store keeps unwritten rows "
+                        "and retries them at each flush"
+                    ),
+                )
+            warnings.warn(
+                f"vs.Monitor: {what} ({type(error).__name__}: {error}); training continues: "
+                f"{after} (warned once)",
+                UserWarning,
+                stacklevel=5,
+            )
 
     def _announce(self, new: list[Finding]) -> None:
         """Each new finding: a log record, the user's callback, and the stop check."""

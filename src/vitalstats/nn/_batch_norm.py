@@ -242,8 +242,9 @@ def batch_norm_training(
     Half/bfloat16 input runs torch's kernel with the layer's own dtypes, as torch does: float32
     parameters/buffers (``buffer_dtype``) select its mixed-precision kernel with float32
     statistics; a layer converted to half precision gets statistics in that dtype."""
-    if _channels_first_cpu(x) or _rows_cpu(x):
-        y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps)
+    rows = not _channels_first_cpu(x) and _rows_cpu(x)
+    if rows or _channels_first_cpu(x):
+        y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps, rows)
         return y, mean, var, unbiased
     if x.dtype in (torch.float32, torch.float64):
         stats_dtype = x.dtype  # parameters in another dtype: convert, differentiably
@@ -286,12 +287,12 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, rows: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         weight_c = weight.to(x.dtype) if weight is not None else None
         bias_c = bias.to(x.dtype) if bias is not None else None
-        ctx.rows = not _channels_first_cpu(x)
-        if ctx.rows:
+        ctx.rows = rows  # the C row kernels, else the channels-first two-pass path
+        if rows:
             y, mean, var, unbiased, invstd = native.batch_norm_rows_forward(
                 x, _dense(weight_c), _dense(bias_c), eps
             )
@@ -315,10 +316,11 @@ class BatchNormFunction(torch.autograd.Function):
             )
             grad_input = grad_input.to(x.dtype)
         elif ctx.rows:
+            if grad_out.stride() != x.stride():  # the kernels read both as the same rows
+                grad_out = torch.empty_like(x).copy_(grad_out)
             grad_input, grad_weight, grad_bias = native.batch_norm_rows_backward(
-                grad_out.contiguous(memory_format=_memory_format(x)), x, mean, invstd,
-                _dense(weight_c), (need_input, need_weight, need_bias),
-            )  # fmt: skip
+                grad_out, x, mean, invstd, _dense(weight_c), (need_input, need_weight, need_bias)
+            )
         else:
             grad_input, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_out, x, weight_c, None, None, mean, invstd, True, ctx.eps,
@@ -327,18 +329,9 @@ class BatchNormFunction(torch.autograd.Function):
         grad_input = grad_input if need_input else None
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         grad_bias = grad_bias.to(ctx.bias_dtype) if need_bias else None
-        return grad_input, grad_weight, grad_bias, None
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 def _dense(t: Tensor | None) -> Tensor | None:
     """A (C,) parameter as the C kernels read it: contiguous, no autograd."""
     return None if t is None else t.detach().contiguous()
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """The format x is dense in (a gradient must be laid out alike for the row kernels)."""
-    if x.dim() == 4 and not x.is_contiguous():
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
