@@ -202,8 +202,9 @@ def _native_training(
         with torch.no_grad():
             var = torch.var(x.detach().to(stats_dtype), reduced_dims(x), correction=0)
         return y, mean.detach(), var, var * (count / max(count - 1, 1)), invstd
-    scratch = torch.zeros(2, x.shape[1], dtype=stats_dtype, device=x.device)
-    scratch_mean, unbiased = scratch.unbind(0)
+    channels = x.shape[1]  # two allocations cost less than one and an unbind
+    scratch_mean = torch.zeros(channels, dtype=stats_dtype, device=x.device)
+    unbiased = torch.zeros(channels, dtype=stats_dtype, device=x.device)
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, scratch_mean, unbiased, True, 1.0, eps
     )
@@ -242,8 +243,9 @@ def batch_norm_training(
     Half/bfloat16 input runs torch's kernel with the layer's own dtypes, as torch does: float32
     parameters/buffers (``buffer_dtype``) select its mixed-precision kernel with float32
     statistics; a layer converted to half precision gets statistics in that dtype."""
-    rows = not _channels_first_cpu(x) and _rows_cpu(x)
-    if rows or _channels_first_cpu(x):
+    channels_first = _channels_first_cpu(x)
+    rows = not channels_first and _rows_cpu(x)
+    if rows or channels_first:
         y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps, rows)
         return y, mean, var, unbiased
     if x.dtype in (torch.float32, torch.float64):

@@ -199,12 +199,13 @@ class _NormBase(torch.nn.Module):
         lerp_running_stats(
             self.running_mean, self.running_var, batch_mean, unbiased_var, factor, finite
         )
-        if self.num_batches_tracked is None:
+        count = self.num_batches_tracked
+        if count is None:
             return
         if finite is None:
-            self.num_batches_tracked.add_(1)
+            count.add_(1)
             return
-        self.num_batches_tracked.add_(finite)
+        count.add_(finite)
         self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
 
     def _nonfinite_message(self) -> str:
@@ -222,32 +223,32 @@ class _BatchNorm(_NormBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        if not (self.eps > 0 or (self.eps == 0 and not use_batch_stats)):
-            check_eps(self.eps, self.layer_label(), use_batch_stats)
+        # each Module attribute read is a __getattr__ call: read them once
+        running_mean, running_var, eps = self.running_mean, self.running_var, self.eps
+        training = self.training
+        use_batch_stats = training or (running_mean is None and running_var is None)
+        if not (eps > 0 or (eps == 0 and not use_batch_stats)):
+            check_eps(eps, self.layer_label(), use_batch_stats)
+        weight, bias = self.weight, self.bias
         if not use_batch_stats:
-            return normalize_with_running_stats(
-                input, self.running_mean, self.running_var, self.weight, self.bias, self.eps
-            )
+            return normalize_with_running_stats(input, running_mean, running_var, weight, bias, eps)
         if input.numel() == 0:  # torch: empty output, buffers kept, the batch still counted
-            if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            if training and self.track_running_stats and self.num_batches_tracked is not None:
                 self.num_batches_tracked.add_(1)
             return normalize_with_running_stats(
                 input, input.new_zeros(self.num_features), input.new_ones(self.num_features),
-                self.weight, self.bias, self.eps,
+                weight, bias, eps,
             )  # fmt: skip
         if input.numel() <= self.num_features:  # one value per channel
             check_values_per_channel(input, self.layer_label())
-        buffer_dtype = self.running_mean.dtype if self.running_mean is not None else None
-        output, mean, var, unbiased = batch_norm_training(
-            input, self.weight, self.bias, self.eps, buffer_dtype
-        )
-        if self.training:
+        buffer_dtype = running_mean.dtype if running_mean is not None else None
+        output, mean, var, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
+        if training:
             # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
             as_float = mean.dtype != torch.float32
             self.__dict__["batch_mean"] = mean.float() if as_float else mean
             self.__dict__["batch_var"] = var.float() if as_float else var
-            if self.track_running_stats and self.running_mean is not None:
+            if running_mean is not None and self.track_running_stats:
                 self._update_running_stats(mean, unbiased)
         return output
 
