@@ -349,20 +349,16 @@ class Monitor:
                 return
             self._failed_parts.add(part)
             if part == "diagnosis":
-                what, after = (
-                    "diagnosing the flushed steps failed",
-                    (
-                        "the statistics are still recorded and stored (a vitalstats bug: please "
-                        "report it)"
-                    ),
+                what = "diagnosing the flushed steps failed"
+                after = (
+                    "the statistics are still recorded and stored (a vitalstats bug: please "
+                    "report it)"
                 )
             else:
-                what, after = (
-                    f"the {part} could not be written",
-                    (
-                        "the monitor keeps its history, and the run store keeps unwritten rows "
-                        "and retries them at each flush"
-                    ),
+                what = f"the {part} could not be written"
+                after = (
+                    "the monitor keeps its history, and the run store keeps unwritten rows and "
+                    "retries them at each flush"
                 )
             warnings.warn(
                 f"vs.Monitor: {what} ({type(error).__name__}: {error}); training continues: "
