@@ -111,6 +111,55 @@ def _twenty_steps_match_torch(p) -> None:
     assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 20
 
 
+EXACT_CASES = {  # inputs whose statistics torch's own kernel computes in vs.nn too
+    "2-D float32": ((64, 48), torch.float32, torch.float32, None),
+    "(N, C, 1) float32": ((32, 24, 1), torch.float32, torch.float32, None),
+    "channels_last float32": ((8, 16, 5, 5), torch.float32, torch.float32, torch.channels_last),
+    "2-D float64": ((40, 12), torch.float64, torch.float64, None),
+    "bfloat16 into a float32 layer": ((64, 48), torch.bfloat16, torch.float32, None),
+    "float16 into a float32 layer": ((8, 16, 3, 3), torch.float16, torch.float32,
+                                     torch.channels_last),
+    "bfloat16 layer": ((64, 48), torch.bfloat16, torch.bfloat16, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.37, None])
+@pytest.mark.parametrize("case", list(EXACT_CASES))
+def test_running_buffers_are_torchs_bit_for_bit_where_torchs_kernel_computes_statistics(
+    case, momentum
+) -> None:
+    """There the buffers are updated by torch's kernel itself (copies, then the guard): after
+    20 steps running_mean/running_var equal torch's exactly, as do the outputs (a lerp of the
+    buffers differs from torch's float32 rounding by an ulp per step)."""
+    shape, dtype, layer_dtype, memory_format = EXACT_CASES[case]
+    ours, theirs = _twins(len(shape) - 2, shape[1], momentum=momentum, dtype=layer_dtype)
+    generator = torch.Generator().manual_seed(7)
+    for step in range(20):
+        x = (torch.randn(shape, generator=generator) * (1 + step) + 3).to(dtype)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(ours.running_mean, theirs.running_mean)
+    assert torch.equal(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 20
+    biased = x.double().transpose(0, 1).reshape(shape[1], -1).var(1, correction=0)
+    rtol = 2e-2 if layer_dtype == torch.bfloat16 else 1e-5  # the statistics' dtype
+    torch.testing.assert_close(ours.batch_var.double(), biased, rtol=rtol, atol=1e-6)
+
+
+def test_functional_batch_norm_updates_buffers_as_torch_bit_for_bit() -> None:
+    generator = torch.Generator().manual_seed(3)
+    buffers = {name: (torch.rand(32) + 0.5, torch.randn(32)) for name in ("ours", "torch")}
+    buffers["torch"] = tuple(t.clone() for t in buffers["ours"])
+    for _ in range(10):
+        x = torch.randn(50, 32, generator=generator) * 4 - 1
+        y_ours = vs.nn.functional.batch_norm(x, *buffers["ours"][::-1], training=True)
+        y_torch = torch.nn.functional.batch_norm(x, *buffers["torch"][::-1], training=True)
+        assert torch.equal(y_ours, y_torch)
+    for ours, theirs in zip(buffers["ours"], buffers["torch"], strict=True):
+        assert torch.equal(ours, theirs)
+
+
 @settings(max_examples=15, deadline=None)
 @given(bn_problems())
 def test_eval_matches_torch_and_leaves_buffers_untouched(p) -> None:

@@ -14,10 +14,13 @@ Backward (``batch_norm_backward``, the one formula; SyncBatchNorm passes group-w
 it is the oracle the kernels are tested against (tests/nn/test_batch_norm_maths.py) and what
 double backward differentiates. What runs (``batch_norm_training``):
 
-* torch's fused training kernel with autograd (its C++ backward node), handed scratch running
-  buffers with momentum 1 so that it also returns the exact unbiased variance
-  (sum((x - mean)^2) / (n - 1), as torch computes it for its running_var) without touching the
-  layer's buffers: the non-finite guard decides afterwards whether they change. Dtypes are
+* torch's fused training kernel with autograd (its C++ backward node). A layer's running
+  buffers go in as copies with the layer's momentum (``batch_norm_training_updated``): they
+  come out updated as torch's would be, bit for bit, and the non-finite guard decides
+  afterwards whether they are copied in. Without buffers (functional use, the guard's tensor
+  path) the kernel gets scratch ones with momentum 1, so that it also returns the exact
+  unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it for its running_var)
+  for ``lerp_running_stats``. Dtypes are
   the layer's, as in torch: float32 statistics for float32 layers (also with half-precision
   input: torch's mixed-precision kernel), the input dtype's for a layer converted to half;
 * for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
@@ -51,6 +54,7 @@ __all__ = [
     "batch_norm_gradient_sums",
     "batch_norm_reference",
     "batch_norm_training",
+    "batch_norm_training_updated",
     "batch_statistics",
     "normalize",
 ]
@@ -248,21 +252,66 @@ def batch_norm_training(
     if rows or channels_first:
         y, mean, var, unbiased = BatchNormFunction.apply(x, weight, bias, eps, rows)
         return y, mean, var, unbiased
+    weight, bias, stats_dtype = _native_operands(x, weight, bias, buffer_dtype)
+    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps, stats_dtype)
+    return y, mean, var, unbiased
+
+
+def batch_norm_training_updated(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
+    """Training BatchNorm whose running-buffer update is torch's own, bit for bit:
+    (y, mean, biased var, next running_mean, next running_var), or None where
+    ``batch_norm_training`` (and a lerp of the buffers) must run instead.
+
+    Copies of the buffers go through torch's CPU training kernel with ``momentum``, so they
+    come out as a torch layer's buffers would (its float32 rounding, which no lerp reproduces);
+    the layer's own stay untouched until the caller copies them in, after the non-finite
+    guard. The kernel returns no variance: var = invstd^-2 - eps (clamped at 0), within a few
+    float32 ulps of (var + eps). Runs where torch's kernel computes the statistics anyway: CPU
+    input not taken by the two-pass or row kernels, outside torch.func, eps > 0, buffers in the
+    statistics' dtype."""
+    if x.device.type != "cpu" or not eps > 0 or native.functorch_wrapped(x):
+        return None
+    if _channels_first_cpu(x) or _rows_cpu(x):
+        return None
+    weight, bias, stats_dtype = _native_operands(x, weight, bias, running_mean.dtype)
+    if running_mean.dtype != stats_dtype or running_var.dtype != stats_dtype:
+        return None
+    next_mean, next_var = running_mean.clone(), running_var.clone()
+    y, mean, invstd = torch.native_batch_norm(
+        x, weight, bias, next_mean, next_var, True, momentum, eps
+    )
+    var = invstd.detach().pow(-2).sub_(eps).clamp_min_(0)
+    return y, mean.detach(), var, next_mean, next_var
+
+
+def _native_operands(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, buffer_dtype: torch.dtype | None
+) -> tuple[Tensor | None, Tensor | None, torch.dtype]:
+    """(weight, bias, statistics dtype) for torch's kernel: x's dtype for float32/float64 input
+    (parameters converted, differentiably); for half precision the layer's dtype if it is x's,
+    else float32 (torch's mixed-precision kernel)."""
     if x.dtype in (torch.float32, torch.float64):
-        stats_dtype = x.dtype  # parameters in another dtype: convert, differentiably
+        stats_dtype = x.dtype
         if weight is not None and weight.dtype != stats_dtype:
             weight = weight.to(stats_dtype)
         if bias is not None and bias.dtype != stats_dtype:
             bias = bias.to(stats_dtype)
-    else:  # half precision input: the layer's dtype if it is x's, else float32 (mixed kernel)
-        param = weight if weight is not None else bias
-        stats_dtype = param.dtype if param is not None else (buffer_dtype or x.dtype)
-        if stats_dtype != x.dtype:
-            stats_dtype = compute_dtype(x.dtype)
-            weight = weight.to(stats_dtype) if weight is not None else None
-            bias = bias.to(stats_dtype) if bias is not None else None
-    y, mean, var, unbiased, _ = _native_training(x, weight, bias, eps, stats_dtype)
-    return y, mean, var, unbiased
+        return weight, bias, stats_dtype
+    param = weight if weight is not None else bias
+    stats_dtype = param.dtype if param is not None else (buffer_dtype or x.dtype)
+    if stats_dtype != x.dtype:
+        stats_dtype = compute_dtype(x.dtype)
+        weight = weight.to(stats_dtype) if weight is not None else None
+        bias = bias.to(stats_dtype) if bias is not None else None
+    return weight, bias, stats_dtype
 
 
 def batch_norm_gradient_sums(

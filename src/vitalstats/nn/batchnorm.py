@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
-from vitalstats.nn._batch_norm import batch_norm_training
+from vitalstats.nn._batch_norm import batch_norm_training, batch_norm_training_updated
 from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
@@ -208,6 +208,31 @@ class _NormBase(torch.nn.Module):
         count.add_(finite)
         self._nonfinite_warning.record_unless(finite, self._nonfinite_message)
 
+    def _kernel_momentum(self) -> float | None:
+        """The momentum torch's kernel would be given, as a Python float: ``momentum``, or
+        1 / (batches so far, this one included) for momentum=None with a CPU count (read
+        without a sync); None where only the tensor path applies."""
+        if self.momentum is not None:
+            return self.momentum
+        count = self.num_batches_tracked
+        if count is None or count.device.type != "cpu":
+            return None
+        return 1.0 / (int(count) + 1)
+
+    def _commit_running_stats(
+        self, running_mean: Tensor, running_var: Tensor, next_mean: Tensor, next_var: Tensor
+    ) -> None:
+        """Copy torch's updated buffers (``batch_norm_training_updated``) in and count the
+        batch, unless ``skip_nonfinite`` and the batch was non-finite: a NaN/Inf batch variance
+        makes the next running_var NaN/Inf (max propagates NaN; read on the CPU, no sync)."""
+        if self.skip_nonfinite and not math.isfinite(next_var.amax().item()):
+            self._nonfinite_warning.warn_once(self._nonfinite_message)
+            return
+        torch._foreach_copy_([running_mean, running_var], [next_mean, next_var])
+        count = self.num_batches_tracked
+        if count is not None:
+            count.add_(1)
+
     def _nonfinite_message(self) -> str:
         return (
             f"{self.layer_label()}: a training batch had non-finite (NaN/Inf) statistics; "
@@ -220,6 +245,13 @@ class _NormBase(torch.nn.Module):
 
 class _BatchNorm(_NormBase):
     """BatchNorm over the channel dim 1 of (N, C, *) input; see the module docstring."""
+
+    def _publish_batch_statistics(self, mean: Tensor, var: Tensor) -> None:
+        """``batch_mean``/``batch_var``, float32: plain attributes (not buffers), set through
+        __dict__ (skips Module.__setattr__'s bookkeeping)."""
+        as_float = mean.dtype != torch.float32
+        self.__dict__["batch_mean"] = mean.float() if as_float else mean
+        self.__dict__["batch_var"] = var.float() if as_float else var
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -241,13 +273,21 @@ class _BatchNorm(_NormBase):
             )  # fmt: skip
         if input.numel() <= self.num_features:  # one value per channel
             check_values_per_channel(input, self.layer_label())
+        if training and running_mean is not None and running_var is not None:
+            momentum = self._kernel_momentum() if self.track_running_stats else None
+            if momentum is not None:
+                updated = batch_norm_training_updated(
+                    input, weight, bias, eps, running_mean, running_var, momentum
+                )
+                if updated is not None:  # torch's kernel updated copies of the buffers
+                    output, mean, var, next_mean, next_var = updated
+                    self._publish_batch_statistics(mean, var)
+                    self._commit_running_stats(running_mean, running_var, next_mean, next_var)
+                    return output
         buffer_dtype = running_mean.dtype if running_mean is not None else None
         output, mean, var, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
         if training:
-            # plain attributes (not buffers); __dict__ skips Module.__setattr__'s bookkeeping
-            as_float = mean.dtype != torch.float32
-            self.__dict__["batch_mean"] = mean.float() if as_float else mean
-            self.__dict__["batch_var"] = var.float() if as_float else var
+            self._publish_batch_statistics(mean, var)
             if running_mean is not None and self.track_running_stats:
                 self._update_running_stats(mean, unbiased)
         return output

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from vitalstats.nn._batch_norm import batch_norm_training
+from vitalstats.nn._batch_norm import batch_norm_training, batch_norm_training_updated
 from vitalstats.nn._errors import check_float_input, check_param_shape, describe_shape
 from vitalstats.nn._layout import compute_dtype
 from vitalstats.nn._per_sample import group_norm_native, layer_norm_native
@@ -201,6 +201,18 @@ def batch_norm(
     check_eps(eps, "batch_norm", training)
     if training:
         check_values_per_channel(input, "batch_norm")
+        if (
+            running_mean is not None
+            and running_var is not None
+            and not isinstance(momentum, Tensor)
+        ):
+            updated = batch_norm_training_updated(
+                input, weight, bias, eps, running_mean, running_var, float(momentum)
+            )
+            if updated is not None:  # torch's kernel updated copies: torch's buffers exactly
+                y, _, _, next_mean, next_var = updated
+                torch._foreach_copy_([running_mean, running_var], [next_mean, next_var])
+                return y
         buffer_dtype = running_mean.dtype if running_mean is not None else None
         y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
         lerp_running_stats(running_mean, running_var, mean, unbiased, momentum)
