@@ -212,3 +212,17 @@ def test_backward_saves_no_more_than_torchs_native_batch_norm() -> None:
 def test_bad_input_is_a_value_error_with_expected_and_got(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_functional_batch_norm_updates_buffers_as_torch_bit_for_bit() -> None:
+    """Training with (N, C) input: torch's kernel updates copies, so both buffers stay equal."""
+    generator = torch.Generator().manual_seed(3)
+    ours = (torch.randn(32, generator=generator), torch.rand(32, generator=generator) + 0.5)
+    theirs = tuple(t.clone() for t in ours)  # (running_mean, running_var)
+    for _ in range(10):
+        x = torch.randn(50, 32, generator=generator) * 4 - 1
+        assert torch.equal(
+            F.batch_norm(x, *ours, training=True), TF.batch_norm(x, *theirs, training=True)
+        )
+    for mine, torchs in zip(ours, theirs, strict=True):
+        assert torch.equal(mine, torchs)

@@ -17,12 +17,12 @@ double backward differentiates. What runs (``batch_norm_training``):
 * torch's fused training kernel with autograd (its C++ backward node). A layer's running
   buffers go in as copies with the layer's momentum (``batch_norm_training_updated``): they
   come out updated as torch's would be, bit for bit, and the non-finite guard decides
-  afterwards whether they are copied in. Without buffers (functional use, the guard's tensor
-  path) the kernel gets scratch ones with momentum 1, so that it also returns the exact
-  unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it for its running_var)
-  for ``lerp_running_stats``. Dtypes are
-  the layer's, as in torch: float32 statistics for float32 layers (also with half-precision
-  input: torch's mixed-precision kernel), the input dtype's for a layer converted to half;
+  afterwards whether they are copied in. Elsewhere (no buffers, an accelerator, torch.func,
+  momentum=None on a device count) the kernel gets scratch ones with momentum 1, so that it
+  also returns the exact unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it
+  for its running_var) for ``lerp_running_stats``. Dtypes are the layer's, as in torch:
+  float32 statistics for float32 layers (also with half-precision input: torch's
+  mixed-precision kernel), the input dtype's for a layer converted to half;
 * for float32/float64 channels-first (NCHW-contiguous) CPU input with a spatial extent, the
   corrected two-pass statistics of ``_centered_moments`` (``BatchNormFunction``): torch's
   kernel runs a scalar float64 loop over that layout, 5-10x slower; the backward is torch's

@@ -220,15 +220,15 @@ class _NormBase(torch.nn.Module):
         return 1.0 / (int(count) + 1)
 
     def _commit_running_stats(
-        self, running_mean: Tensor, running_var: Tensor, next_mean: Tensor, next_var: Tensor
+        self, running: tuple[Tensor, Tensor], updated: tuple[Tensor, Tensor], batch_var: Tensor
     ) -> None:
         """Copy torch's updated buffers (``batch_norm_training_updated``) in and count the
-        batch, unless ``skip_nonfinite`` and the batch was non-finite: a NaN/Inf batch variance
-        makes the next running_var NaN/Inf (max propagates NaN; read on the CPU, no sync)."""
-        if self.skip_nonfinite and not math.isfinite(next_var.amax().item()):
+        batch, unless ``skip_nonfinite`` and the batch variance holds a NaN/Inf (as a NaN/Inf
+        mean makes it; max propagates NaN; read on the CPU, no sync)."""
+        if self.skip_nonfinite and not math.isfinite(batch_var.amax().item()):
             self._nonfinite_warning.warn_once(self._nonfinite_message)
             return
-        torch._foreach_copy_([running_mean, running_var], [next_mean, next_var])
+        torch._foreach_copy_(list(running), list(updated))
         count = self.num_batches_tracked
         if count is not None:
             count.add_(1)
@@ -282,7 +282,9 @@ class _BatchNorm(_NormBase):
                 if updated is not None:  # torch's kernel updated copies of the buffers
                     output, mean, var, next_mean, next_var = updated
                     self._publish_batch_statistics(mean, var)
-                    self._commit_running_stats(running_mean, running_var, next_mean, next_var)
+                    self._commit_running_stats(
+                        (running_mean, running_var), (next_mean, next_var), var
+                    )
                     return output
         buffer_dtype = running_mean.dtype if running_mean is not None else None
         output, mean, var, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)

@@ -204,7 +204,7 @@ def batch_norm(
         if (
             running_mean is not None
             and running_var is not None
-            and not isinstance(momentum, Tensor)
+            and isinstance(momentum, int | float)
         ):
             updated = batch_norm_training_updated(
                 input, weight, bias, eps, running_mean, running_var, float(momentum)
