@@ -57,6 +57,7 @@ __all__ = [
     "batch_norm_training_updated",
     "batch_statistics",
     "normalize",
+    "variance_from_invstd",
 ]
 
 
@@ -265,18 +266,15 @@ def batch_norm_training_updated(
     running_mean: Tensor,
     running_var: Tensor,
     momentum: float,
+    on_copies: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
-    """Training BatchNorm whose running-buffer update is torch's own, bit for bit:
-    (y, mean, biased var, next running_mean, next running_var), or None where
-    ``batch_norm_training`` (and a lerp of the buffers) must run instead.
-
-    Copies of the buffers go through torch's CPU training kernel with ``momentum``, so they
-    come out as a torch layer's buffers would (its float32 rounding, which no lerp reproduces);
-    the layer's own stay untouched until the caller copies them in, after the non-finite
-    guard. The kernel returns no variance: var = invstd^-2 - eps (clamped at 0), within a few
-    float32 ulps of (var + eps). Runs where torch's kernel computes the statistics anyway: CPU
-    input not taken by the two-pass or row kernels, outside torch.func, eps > 0, buffers in the
-    statistics' dtype."""
+    """Training BatchNorm whose running-buffer update is torch's own CPU kernel's, so the
+    buffers come out as a torch layer's would, bit for bit (its float32 rounding, which no
+    lerp reproduces): (y, mean, invstd, next running_mean, next running_var). With
+    ``on_copies`` the kernel updates copies (a guarded layer copies them in afterwards), else
+    the buffers themselves. None, with nothing touched, where ``batch_norm_training`` (and a
+    lerp of the buffers) must run instead: input the two-pass or row kernels take, an
+    accelerator, torch.func, eps <= 0, buffers in another dtype than the statistics."""
     if x.device.type != "cpu" or not eps > 0 or native.functorch_wrapped(x):
         return None
     if _channels_first_cpu(x) or _rows_cpu(x):
@@ -284,12 +282,18 @@ def batch_norm_training_updated(
     weight, bias, stats_dtype = _native_operands(x, weight, bias, running_mean.dtype)
     if running_mean.dtype != stats_dtype or running_var.dtype != stats_dtype:
         return None
-    next_mean, next_var = running_mean.clone(), running_var.clone()
+    if on_copies:
+        running_mean, running_var = running_mean.clone(), running_var.clone()
     y, mean, invstd = torch.native_batch_norm(
-        x, weight, bias, next_mean, next_var, True, momentum, eps
+        x, weight, bias, running_mean, running_var, True, momentum, eps
     )
-    var = invstd.detach().pow(-2).sub_(eps).clamp_min_(0)
-    return y, mean.detach(), var, next_mean, next_var
+    return y, mean.detach(), invstd.detach(), running_mean, running_var
+
+
+def variance_from_invstd(invstd: Tensor, eps: float) -> Tensor:
+    """Biased variance from torch's saved 1 / sqrt(var + eps): invstd^-2 - eps, clamped at 0;
+    within a few ulps of (var + eps), NaN/Inf where the variance was."""
+    return invstd.pow(-2).sub_(eps).clamp_min_(0)
 
 
 def _native_operands(

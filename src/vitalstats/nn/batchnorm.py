@@ -27,7 +27,11 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
-from vitalstats.nn._batch_norm import batch_norm_training, batch_norm_training_updated
+from vitalstats.nn._batch_norm import (
+    batch_norm_training,
+    batch_norm_training_updated,
+    variance_from_invstd,
+)
 from vitalstats.nn._errors import check_float_input, describe_shape
 from vitalstats.nn._guard import DeferredFlagWarning
 from vitalstats.nn.functional import (
@@ -277,10 +281,11 @@ class _BatchNorm(_NormBase):
             momentum = self._kernel_momentum() if self.track_running_stats else None
             if momentum is not None:
                 updated = batch_norm_training_updated(
-                    input, weight, bias, eps, running_mean, running_var, momentum
+                    input, weight, bias, eps, running_mean, running_var, momentum, True
                 )
                 if updated is not None:  # torch's kernel updated copies of the buffers
-                    output, mean, var, next_mean, next_var = updated
+                    output, mean, invstd, next_mean, next_var = updated
+                    var = variance_from_invstd(invstd, eps)
                     self._publish_batch_statistics(mean, var)
                     self._commit_running_stats(
                         (running_mean, running_var), (next_mean, next_var), var

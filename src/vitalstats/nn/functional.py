@@ -207,12 +207,10 @@ def batch_norm(
             and isinstance(momentum, int | float)
         ):
             updated = batch_norm_training_updated(
-                input, weight, bias, eps, running_mean, running_var, float(momentum)
+                input, weight, bias, eps, running_mean, running_var, float(momentum), False
             )
-            if updated is not None:  # torch's kernel updated copies: torch's buffers exactly
-                y, _, _, next_mean, next_var = updated
-                torch._foreach_copy_([running_mean, running_var], [next_mean, next_var])
-                return y
+            if updated is not None:  # torch's kernel updated the buffers, as torch's would
+                return updated[0]
         buffer_dtype = running_mean.dtype if running_mean is not None else None
         y, mean, _, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)
         lerp_running_stats(running_mean, running_var, mean, unbiased, momentum)
