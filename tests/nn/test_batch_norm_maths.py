@@ -6,6 +6,8 @@ gradient of that definition, and second derivatives (gradgradcheck)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -15,7 +17,11 @@ from vitalstats.nn._batch_norm import (
     batch_norm_reference,
     batch_norm_training,
     batch_statistics,
+    kernel_update,
+    restore_running_stats,
+    variance_from_invstd,
 )
+from vitalstats.stats import native
 
 DOUBLE = torch.float64
 
@@ -226,3 +232,61 @@ def test_float32_rows_without_the_c_kernels_run_torchs_kernel(monkeypatch) -> No
     y_ref, _, var_ref = batch_norm_reference(x.detach().double(), None, None, 1e-5)
     assert_close(y, y_ref, torch.float32, "y")
     assert_close(var, var_ref, torch.float32, "var")
+
+
+def _invstd_with_edges() -> torch.Tensor:
+    """float32 invstd values: random over many decades, and the edges of the formula."""
+    g = torch.Generator().manual_seed(3)
+    spread = torch.exp(torch.randn(4093, generator=g) * 6)
+    edges = torch.tensor([0.0, 1.0, 1 / math.sqrt(1e-5), 1e30, 1e-30, math.inf, math.nan])
+    return torch.cat([spread, edges])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
+def test_variance_from_invstd_in_c_is_the_aten_formula_bit_for_bit(eps, dtype, monkeypatch):
+    """invstd^-2 - eps clamped at 0 (NaN kept): the C call rounds as the ATen ops do in the
+    invstd's dtype (bfloat16: after each op), and both say the same about finiteness and the
+    count."""
+    invstd = _invstd_with_edges().to(dtype)
+    results = []
+    for library in (native.library, lambda: None):  # the C call, then the ATen fallback
+        monkeypatch.setattr(native, "library", library)
+        count = torch.tensor(5)
+        var, finite = variance_from_invstd(invstd, eps, True, count)
+        finite_var, counted = variance_from_invstd(invstd[:4093], eps, True, count)
+        results.append((var, finite, finite_var, counted, int(count)))
+    (c_var, c_finite, c_part, c_counted, c_count), aten = results
+    torch.testing.assert_close(c_var, aten[0], rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(c_part, aten[2])
+    assert (c_finite, c_counted, c_count) == (aten[1], aten[3], aten[4]) == (False, True, 6)
+    # invstd 0 and 1e-30 (whose square underflows) give Inf, 1e30 and Inf give 0, NaN stays
+    assert c_var[-7] == c_var[-3] == math.inf and c_var[-4] == c_var[-2] == 0
+    assert c_var[-1].isnan() and c_var.dtype == torch.float32
+
+
+def test_variance_from_invstd_counts_every_batch_when_finiteness_is_not_required() -> None:
+    count = torch.tensor(0)
+    var, finite = variance_from_invstd(torch.tensor([math.nan, 2.0]), 1e-5, False, count)
+    assert finite and int(count) == 1 and var[0].isnan()
+    assert variance_from_invstd(torch.tensor([2.0]), 1e-5, True, None)[1]
+
+
+@pytest.mark.parametrize("with_c", [True, False], ids=["C copy", "ATen stack"])
+def test_kernel_update_is_torchs_update_in_place_and_keeps_the_previous_buffers(
+    with_c, monkeypatch
+) -> None:
+    if not with_c:
+        monkeypatch.setattr(native, "library", lambda: None)
+    x = torch.randn(12, 5) * 3 + 1
+    running = [torch.rand(5), torch.rand(5) + 0.5]
+    before = [t.clone() for t in running]
+    expected = [t.clone() for t in running]
+    from_torch = torch.native_batch_norm(x, None, None, *expected, True, 0.3, 1e-5)
+    *ours, previous = kernel_update(x, None, None, 1e-5, *running, 0.3, True)
+    assert all(map(torch.equal, ours, from_torch)) and previous.shape == (2, 5)
+    assert torch.equal(running[0], expected[0]) and torch.equal(running[1], expected[1])
+    assert torch.equal(previous[0], before[0]) and torch.equal(previous[1], before[1])
+    restore_running_stats(*running, previous)
+    assert torch.equal(running[0], before[0]) and torch.equal(running[1], before[1])
+    assert kernel_update(x, None, None, 1e-5, *running, 0.3, False)[3] is None

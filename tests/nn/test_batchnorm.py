@@ -147,6 +147,56 @@ def test_running_buffers_are_torchs_bit_for_bit_where_torchs_kernel_computes_sta
     torch.testing.assert_close(ours.batch_var.double(), biased, rtol=rtol, atol=1e-6)
 
 
+LEAN_CASES = {
+    "float32": (torch.float32, 0.1, True),
+    "bfloat16 input": (torch.bfloat16, 0.1, True),
+    "float16 input, momentum None": (torch.float16, None, True),
+    "float32, no affine, unguarded": (torch.float32, 0.3, False),
+    "bfloat16 layer": (torch.bfloat16, 0.1, True),
+}
+
+
+@pytest.mark.parametrize("with_c", [True, False], ids=["C helpers", "ATen fallback"])
+@pytest.mark.parametrize("case", list(LEAN_CASES))
+def test_the_lean_training_step_is_the_general_forward_bit_for_bit(case, with_c, monkeypatch):
+    """(N, C) training steps through ``_rows_training_forward`` give the general forward's
+    outputs, input gradients, buffers, count and batch statistics exactly, a NaN batch in the
+    middle included (restored from the snapshot, or torch's poisoning when unguarded)."""
+    dtype, momentum, guarded = LEAN_CASES[case]
+    if not with_c:
+        monkeypatch.setattr(native, "library", lambda: None)
+    layer_dtype = torch.bfloat16 if case == "bfloat16 layer" else torch.float32
+    lean = vs.nn.BatchNorm1d(16, momentum=momentum, affine=guarded, skip_nonfinite=guarded,
+                             dtype=layer_dtype)  # fmt: skip
+    general = copy.deepcopy(lean)
+    general._rows_training_forward = lambda x: None  # the instance attribute hides the method
+    taken, method = [], lean._rows_training_forward
+
+    def spy(x: torch.Tensor) -> torch.Tensor | None:
+        output = method(x)
+        taken.append(output is not None)
+        return output
+
+    lean._rows_training_forward = spy
+    generator = torch.Generator().manual_seed(11)
+    warnings.simplefilter("ignore", vs.nn.NonFiniteBatchWarning)
+    for step in range(6):
+        x = (torch.randn(32, 16, generator=generator) * (step + 1) - 2).to(dtype)
+        if step == 3:
+            x[5, 2] = float("nan")
+        outputs = []
+        for layer in (lean, general):
+            xs = x.clone().requires_grad_()
+            y = layer(xs)
+            y.float().square().sum().backward()
+            outputs.append((y, xs.grad, *layer.state_dict().values(), layer.batch_mean,
+                            layer.batch_var))  # fmt: skip
+        for ours, reference in zip(*outputs, strict=True):
+            torch.testing.assert_close(ours, reference, rtol=0, atol=0, equal_nan=True)
+    assert taken == [True] * 6
+    assert int(lean.num_batches_tracked) == (5 if guarded else 6)
+
+
 @settings(max_examples=15, deadline=None)
 @given(bn_problems())
 def test_eval_matches_torch_and_leaves_buffers_untouched(p) -> None:
@@ -307,6 +357,28 @@ def test_the_guard_judges_the_batch_not_buffers_that_were_already_nan(shape) -> 
         warnings.simplefilter("error")
         bn(torch.randn(shape))
     assert int(bn.num_batches_tracked) == 1 and torch.isnan(bn.running_var[1])
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5), (4, 3, 2, 2)])
+def test_two_forwards_before_one_backward_work_as_in_torch_also_after_a_nonfinite_batch(
+    shape,
+) -> None:
+    """Two views through one layer, then one backward (siamese and contrastive training):
+    torch's gradients; a non-finite second batch, restored by the guard, does not break the
+    backward of the first (the kernel's node saved the buffers)."""
+    ours, theirs = _twins(len(shape) - 2, shape[1])
+    x = torch.randn(shape)
+    grads = []
+    for layer in (ours, theirs):
+        xs = x.clone().requires_grad_()
+        (layer(xs).square().sum() + layer(xs * 2 + 1).sum()).backward()
+        grads.append(xs.grad)
+    assert_close(grads[0], grads[1], torch.float32, "input gradient")
+    bad = x.clone().requires_grad_()
+    with pytest.warns(vs.nn.NonFiniteBatchWarning):
+        loss = ours(bad).square().sum() + ours(bad * torch.inf).nan_to_num().sum()
+    loss.backward()
+    assert bad.grad is not None and int(ours.num_batches_tracked) == 3
 
 
 def test_skip_nonfinite_false_is_torchs_poisoning_behaviour() -> None:

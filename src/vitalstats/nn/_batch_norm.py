@@ -15,9 +15,9 @@ it is the oracle the kernels are tested against (tests/nn/test_batch_norm_maths.
 double backward differentiates. What runs (``batch_norm_training``):
 
 * torch's fused training kernel with autograd (its C++ backward node). A layer's running
-  buffers go in as copies with the layer's momentum (``batch_norm_training_updated``): they
-  come out updated as torch's would be, bit for bit, and the non-finite guard decides
-  afterwards whether they are copied in. Elsewhere (no buffers, an accelerator, torch.func,
+  buffers go in with the layer's momentum (``batch_norm_training_updated``): they come out
+  updated as torch's would be, bit for bit; a guarded layer snapshots them first and restores
+  them when the batch was non-finite. Elsewhere (no buffers, an accelerator, torch.func,
   momentum=None on a device count) the kernel gets scratch ones with momentum 1, so that it
   also returns the exact unbiased variance (sum((x - mean)^2) / (n - 1), as torch computes it
   for its running_var) for ``lerp_running_stats``. Dtypes are the layer's, as in torch:
@@ -40,6 +40,7 @@ Statistics are never formed as E[x^2] - E[x]^2.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,7 +57,9 @@ __all__ = [
     "batch_norm_training",
     "batch_norm_training_updated",
     "batch_statistics",
+    "kernel_update",
     "normalize",
+    "restore_running_stats",
     "variance_from_invstd",
 ]
 
@@ -266,15 +269,14 @@ def batch_norm_training_updated(
     running_mean: Tensor,
     running_var: Tensor,
     momentum: float,
-    on_copies: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
-    """Training BatchNorm whose running-buffer update is torch's own CPU kernel's, so the
-    buffers come out as a torch layer's would, bit for bit (its float32 rounding, which no
-    lerp reproduces): (y, mean, invstd, next running_mean, next running_var). With
-    ``on_copies`` the kernel updates copies (a guarded layer copies them in afterwards), else
-    the buffers themselves. None, with nothing touched, where ``batch_norm_training`` (and a
-    lerp of the buffers) must run instead: input the two-pass or row kernels take, an
-    accelerator, torch.func, eps <= 0, buffers in another dtype than the statistics."""
+    keep_previous: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+    """Training BatchNorm whose running-buffer update is torch's own CPU kernel's, in place, so
+    the buffers come out as a torch layer's would, bit for bit (its float32 rounding, which no
+    lerp reproduces): ``kernel_update``'s (y, mean, invstd, previous buffers). None, with
+    nothing touched, where ``batch_norm_training`` (and a lerp of the buffers) must run
+    instead: input the two-pass or row kernels take, an accelerator, torch.func, eps <= 0,
+    buffers in another dtype than the statistics."""
     if x.device.type != "cpu" or not eps > 0 or native.functorch_wrapped(x):
         return None
     if _channels_first_cpu(x) or _rows_cpu(x):
@@ -282,18 +284,87 @@ def batch_norm_training_updated(
     weight, bias, stats_dtype = _native_operands(x, weight, bias, running_mean.dtype)
     if running_mean.dtype != stats_dtype or running_var.dtype != stats_dtype:
         return None
-    if on_copies:
-        running_mean, running_var = running_mean.clone(), running_var.clone()
+    return kernel_update(x, weight, bias, eps, running_mean, running_var, momentum, keep_previous)
+
+
+def kernel_update(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: float,
+    keep_previous: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """torch's training kernel updating the running buffers in place, as torch's layer does:
+    (y, mean, invstd, previous), the statistics (C,) without autograd, ``previous`` the
+    buffers' values before the update as a (2, C) tensor if ``keep_previous`` (to restore
+    them, ``restore_running_stats``), else None. No checks: the operands are the kernel's
+    (``batch_norm_training_updated`` decides)."""
+    previous = _snapshot(running_mean, running_var) if keep_previous else None
     y, mean, invstd = torch.native_batch_norm(
         x, weight, bias, running_mean, running_var, True, momentum, eps
     )
-    return y, mean.detach(), invstd.detach(), running_mean, running_var
+    return y, mean, invstd, previous
 
 
-def variance_from_invstd(invstd: Tensor, eps: float) -> Tensor:
-    """Biased variance from torch's saved 1 / sqrt(var + eps): invstd^-2 - eps, clamped at 0;
-    within a few ulps of (var + eps), NaN/Inf where the variance was."""
-    return invstd.pow(-2).sub_(eps).clamp_min_(0)
+def _snapshot(running_mean: Tensor, running_var: Tensor) -> Tensor:
+    """(2, C): running_mean and running_var, copied (one C call for CPU buffers)."""
+    lib = native.library()
+    channels, dtype = running_mean.numel(), running_mean.dtype
+    if (
+        lib is not None
+        and running_var.dtype is dtype
+        and running_mean.is_cpu
+        and running_var.is_cpu
+        and running_var.numel() == channels
+        and running_mean.is_contiguous()
+        and running_var.is_contiguous()
+    ):
+        out = running_mean.new_empty((2, channels))
+        lib.vs_copy_pair(running_mean.data_ptr(), running_var.data_ptr(),
+                         channels * running_mean.element_size(), out.data_ptr())  # fmt: skip
+        return out
+    return torch.stack([running_mean.detach(), running_var.detach()])
+
+
+def restore_running_stats(running_mean: Tensor, running_var: Tensor, previous: Tensor) -> None:
+    """Undo ``kernel_update``'s in-place update of the buffers from its ``previous``. Written
+    through ``.data``, as the kernel writes them, without a version bump: its backward node
+    saved the buffers (a training backward never reads them), and a bump would fail it."""
+    torch._foreach_copy_([running_mean.data, running_var.data], list(previous.unbind(0)))
+
+
+def variance_from_invstd(
+    invstd: Tensor, eps: float, require_finite: bool, count: Tensor | None
+) -> tuple[Tensor, bool]:
+    """(biased variance, finite) from torch's saved invstd = 1 / sqrt(var + eps):
+    var = invstd^-2 - eps, clamped at 0, within a few ulps of (var + eps) and NaN/Inf where the
+    variance was; float32, computed in invstd's dtype. ``finite``: whether every value is
+    (True without ``require_finite``); when it is, ``count`` (num_batches_tracked, or None)
+    gains 1. One C call for a float32 or bfloat16 CPU invstd (the same rounding as the ATen
+    ops of the fallback, bit for bit)."""
+    lib = native.library()
+    dtype = invstd.dtype
+    if (
+        lib is not None
+        and (dtype is torch.float32 or dtype is torch.bfloat16)
+        and invstd.is_cpu
+        and invstd.is_contiguous()
+        and (count is None or (count.dtype is torch.int64 and count.is_cpu))
+    ):
+        var = torch.empty_like(invstd, dtype=torch.float32)
+        finite = lib.vs_batch_norm_variance_from_invstd(
+            invstd.data_ptr(), native.DTYPE_CODES[dtype], invstd.numel(), eps, require_finite,
+            var.data_ptr(), None if count is None else count.data_ptr(),
+        )  # fmt: skip
+        return var, bool(finite)
+    var = invstd.detach().pow(-2).sub_(eps).clamp_min_(0).float()
+    finite = not require_finite or math.isfinite(var.amax().item())  # amax propagates NaN
+    if finite and count is not None:
+        count.add_(1)
+    return var, finite
 
 
 def _native_operands(

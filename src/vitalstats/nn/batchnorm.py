@@ -27,9 +27,12 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.parameter import Parameter
 
+from vitalstats.nn import _batch_norm
 from vitalstats.nn._batch_norm import (
     batch_norm_training,
     batch_norm_training_updated,
+    kernel_update,
+    restore_running_stats,
     variance_from_invstd,
 )
 from vitalstats.nn._errors import check_float_input, describe_shape
@@ -41,8 +44,13 @@ from vitalstats.nn.functional import (
     lerp_running_stats,
     normalize_with_running_stats,
 )
+from vitalstats.stats import native
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+# input dtypes whose statistics torch's kernel computes in float32 for a float32 layer
+# (bfloat16 also in bfloat16 for a bfloat16 layer)
+_ROWS_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class _NormBase(torch.nn.Module):
@@ -223,19 +231,22 @@ class _NormBase(torch.nn.Module):
             return None
         return 1.0 / (int(count) + 1)
 
-    def _commit_running_stats(
-        self, running: tuple[Tensor, Tensor], updated: tuple[Tensor, Tensor], batch_var: Tensor
+    def _finish_kernel_update(
+        self, mean: Tensor, invstd: Tensor, eps: float, previous: Tensor | None
     ) -> None:
-        """Copy torch's updated buffers (``batch_norm_training_updated``) in and count the
-        batch, unless ``skip_nonfinite`` and the batch variance holds a NaN/Inf (as a NaN/Inf
-        mean makes it; max propagates NaN; read on the CPU, no sync)."""
-        if self.skip_nonfinite and not math.isfinite(batch_var.amax().item()):
+        """After torch's kernel updated the running buffers in place (``kernel_update``):
+        ``batch_var`` from its invstd, then the non-finite guard (the batch variance holds a
+        NaN/Inf, as a NaN/Inf mean makes it: the buffers are restored from ``previous``, the
+        batch is not counted, a warning once), else ``num_batches_tracked += 1``; read on the
+        CPU, no sync. Publishes ``batch_mean``/``batch_var``."""
+        buffers = self._buffers
+        var, finite = variance_from_invstd(
+            invstd, eps, previous is not None, buffers["num_batches_tracked"]
+        )
+        if not finite:
+            restore_running_stats(buffers["running_mean"], buffers["running_var"], previous)
             self._nonfinite_warning.warn_once(self._nonfinite_message)
-            return
-        torch._foreach_copy_(list(running), list(updated))
-        count = self.num_batches_tracked
-        if count is not None:
-            count.add_(1)
+        self._publish_batch_statistics(mean, var)
 
     def _nonfinite_message(self) -> str:
         return (
@@ -257,7 +268,57 @@ class _BatchNorm(_NormBase):
         self.__dict__["batch_mean"] = mean.float() if as_float else mean
         self.__dict__["batch_var"] = var.float() if as_float else var
 
+    def _rows_training_forward(self, x: Tensor) -> Tensor | None:
+        """The common training step on the CPU, checked in a few microseconds: (N, C)
+        contiguous input with running buffers, where torch's kernel computes the statistics
+        (below the C row kernels' size): float32 or half precision into a float32 layer, or
+        bfloat16 into a bfloat16 one. What runs is ``forward``'s torch-kernel branch
+        (``kernel_update``, ``_finish_kernel_update``) without its general checks, so a layer
+        call costs no more than torch's. None where any condition fails: ``forward``'s
+        general path decides."""
+        if not (self.training and type(x) is Tensor and x.dim() == 2 and x.is_cpu):
+            return None
+        rows, channels = x.shape
+        dtype = x.dtype
+        if channels != self.num_features or rows < 2 or dtype not in _ROWS_INPUT_DTYPES:
+            return None
+        if dtype is torch.float32 and rows * channels >= _batch_norm._ROWS_MIN_VALUES:
+            return None  # the C row kernels' size: forward decides
+        eps, momentum, buffers = self.eps, self.momentum, self._buffers
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        if running_mean is None or running_var is None or not self.track_running_stats:
+            return None
+        layer_dtype = running_mean.dtype  # the statistics' dtype, as torch's kernel picks it
+        if not (layer_dtype is torch.float32 or layer_dtype is dtype is torch.bfloat16):
+            return None
+        if momentum is None:
+            momentum = self._kernel_momentum()
+            if momentum is None:
+                return None
+        parameters = self._parameters
+        weight, bias = parameters["weight"], parameters["bias"]
+        if not (
+            eps > 0
+            and x.is_contiguous()
+            and running_var.dtype is layer_dtype
+            and running_mean.is_cpu
+            and running_var.is_cpu
+            and (weight is None or weight.dtype is layer_dtype)
+            and (bias is None or bias.dtype is layer_dtype)
+        ):
+            return None
+        if torch.compiler.is_compiling() or native.functorch_wrapped(x):
+            return None
+        output, mean, invstd, previous = kernel_update(
+            x, weight, bias, eps, running_mean, running_var, momentum, self.skip_nonfinite
+        )
+        self._finish_kernel_update(mean, invstd, eps, previous)
+        return output
+
     def forward(self, input: Tensor) -> Tensor:
+        output = self._rows_training_forward(input)
+        if output is not None:
+            return output
         self._check_input_dim(input)
         # each Module attribute read is a __getattr__ call: read them once
         running_mean, running_var, eps = self.running_mean, self.running_var, self.eps
@@ -281,15 +342,12 @@ class _BatchNorm(_NormBase):
             momentum = self._kernel_momentum() if self.track_running_stats else None
             if momentum is not None:
                 updated = batch_norm_training_updated(
-                    input, weight, bias, eps, running_mean, running_var, momentum, True
-                )
-                if updated is not None:  # torch's kernel updated copies of the buffers
-                    output, mean, invstd, next_mean, next_var = updated
-                    var = variance_from_invstd(invstd, eps)
-                    self._publish_batch_statistics(mean, var)
-                    self._commit_running_stats(
-                        (running_mean, running_var), (next_mean, next_var), var
-                    )
+                    input, weight, bias, eps, running_mean, running_var, momentum,
+                    self.skip_nonfinite,
+                )  # fmt: skip
+                if updated is not None:  # torch's kernel updated the buffers in place
+                    output, mean, invstd, previous = updated
+                    self._finish_kernel_update(mean, invstd, eps, previous)
                     return output
         buffer_dtype = running_mean.dtype if running_mean is not None else None
         output, mean, var, unbiased = batch_norm_training(input, weight, bias, eps, buffer_dtype)

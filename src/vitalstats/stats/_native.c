@@ -597,3 +597,52 @@ int vs_batch_norm_rows_backward(const float *dy, const float *x, int64_t rows, i
     free(g), free(coef);
     return 0;
 }
+
+/* float32 -> bfloat16 -> float32, rounding to nearest even as c10::BFloat16 does (NaN
+ * kept); branch-free, so that loops over it vectorise */
+static inline float bf16_rounded(float f) {
+    uint32_t bits, rounded;
+    memcpy(&bits, &f, sizeof bits);
+    rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+    bits = f != f ? bits : rounded;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* max(v, 0), NaN kept */
+static inline float clamped_variance(float v) { return v > 0.0f ? v : (v == v ? 0.0f : v); }
+
+/* vitalstats.nn BatchNorm around torch's own training kernel (which updates the running
+ * buffers in place): the biased batch variance, as float32, from the kernel's saved invstd
+ * (float32, or bfloat16 for a bfloat16 layer: dtype F32 or BF16),
+ *     var[c] = max(invstd[c]^-2 - eps, 0)     (NaN kept)
+ * rounded as ATen rounds invstd.pow(-2).sub_(eps).clamp_min_(0) in the invstd's dtype
+ * (float32: 1 / (s * s), then the subtraction, no fused operation; bfloat16: each of s * s,
+ * its reciprocal, eps and the difference rounded to bfloat16), so the values are the same
+ * bit for bit. Returns 1 and adds 1 to *count (when not NULL) if every var is finite, or if
+ * !require_finite; else returns 0 and leaves *count alone. */
+int vs_batch_norm_variance_from_invstd(const void *invstd, int32_t dtype, int64_t C, float eps,
+                                       int32_t require_finite, float *var, int64_t *count) {
+    if (dtype == BF16) {
+        const uint16_t *s = invstd;
+        const float e = bf16_rounded(eps);
+        for (int64_t c = 0; c < C; c++) {
+            float v = bf16_value(s, c);
+            var[c] = clamped_variance(bf16_rounded(bf16_rounded(1.0f / bf16_rounded(v * v)) - e));
+        }
+    } else {
+        const float *s = invstd;
+        for (int64_t c = 0; c < C; c++) var[c] = clamped_variance(1.0f / (s[c] * s[c]) - eps);
+    }
+    int finite = 1;
+    for (int64_t c = 0; c < C; c++) finite &= (var[c] - var[c]) == 0.0f; /* NaN/Inf: NaN */
+    if (require_finite && !finite) return 0;
+    if (count != NULL) *count += 1;
+    return 1;
+}
+
+/* out[0:n] = a[0:n], out[n:2n] = b[0:n], n bytes each (the running buffers' snapshot) */
+void vs_copy_pair(const void *a, const void *b, int64_t n, void *out) {
+    memcpy(out, a, (size_t)n);
+    memcpy((char *)out + n, b, (size_t)n);
+}

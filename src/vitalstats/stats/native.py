@@ -151,6 +151,12 @@ def _load() -> ctypes.CDLL:
                                                 pointer, pointer, pointer, pointer, pointer,
                                                 pointer]  # fmt: skip
     lib.vs_batch_norm_rows_backward.restype = ctypes.c_int
+    lib.vs_batch_norm_variance_from_invstd.argtypes = [pointer, ctypes.c_int32, ctypes.c_int64,
+                                                       ctypes.c_float, ctypes.c_int32, pointer,
+                                                       pointer]  # fmt: skip
+    lib.vs_batch_norm_variance_from_invstd.restype = ctypes.c_int
+    lib.vs_copy_pair.argtypes = [pointer, pointer, ctypes.c_int64, pointer]
+    lib.vs_copy_pair.restype = None
     return lib
 
 
