@@ -381,6 +381,24 @@ def test_two_forwards_before_one_backward_work_as_in_torch_also_after_a_nonfinit
     assert bad.grad is not None and int(ours.num_batches_tracked) == 3
 
 
+def test_vmap_in_training_with_unbatched_buffers_raises_torchs_error_with_the_fix() -> None:
+    """torch raises here too; ours names the layer and says how to drop the buffers, and the
+    layer then runs under vmap with batch statistics."""
+    from torch.func import functional_call, vmap
+
+    bn = vs.nn.BatchNorm1d(4)
+    params = {k: v.detach() for k, v in bn.named_parameters()}
+    xs = torch.randn(3, 8, 4)
+    with pytest.raises(RuntimeError, match=r"BatchNorm1d\(4\).*were not batched.*Fix:.*= None"):
+        vmap(lambda x: functional_call(bn, params, (x,)))(xs)
+    bn.running_mean = bn.running_var = bn.num_batches_tracked = None
+    bn.track_running_stats = False
+    theirs = torch.nn.BatchNorm1d(4)
+    torch.func.replace_all_batch_norm_modules_(theirs)
+    ys = vmap(lambda x: functional_call(bn, params, (x,)))(xs)
+    assert_close(ys, vmap(theirs)(xs), torch.float32, "vmap output")
+
+
 def test_skip_nonfinite_false_is_torchs_poisoning_behaviour() -> None:
     ours = vs.nn.BatchNorm1d(3, skip_nonfinite=False)
     theirs = torch.nn.BatchNorm1d(3)

@@ -198,6 +198,17 @@ class _NormBase(torch.nn.Module):
     def _update_running_stats(self, batch_mean: Tensor, unbiased_var: Tensor) -> None:
         """Fold this batch into the running buffers (training with track_running_stats),
         unless ``skip_nonfinite`` and the batch statistics hold a NaN/Inf."""
+        if native.vmap_batched(unbiased_var) and not native.vmap_batched(self.running_var):
+            raise RuntimeError(
+                f"{self.layer_label()}: batch norm got a batched tensor as input while the "
+                "running_mean or running_var, which will be updated in place, were not batched "
+                "(torch.func.vmap in training mode). Fix: use the layer in eval mode, build it "
+                "with track_running_stats=False, or drop its running statistics "
+                "(layer.running_mean = layer.running_var = layer.num_batches_tracked = None; "
+                "layer.track_running_stats = False: what torch.func."
+                "replace_all_batch_norm_modules_ does to torch.nn's layers; it does not "
+                "recognise vs.nn's)."
+            )
         factor = self._exponential_average_factor()
         if not self.skip_nonfinite:
             finite = None

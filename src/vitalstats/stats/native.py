@@ -198,6 +198,19 @@ except ImportError:  # pragma: no cover - a torch without functorch
         return False
 
 
+try:  # vmap's batched wrappers among them
+    from torch._C._functorch import is_batchedtensor as _is_batched
+except ImportError:  # pragma: no cover - a torch without functorch
+
+    def _is_batched(x: torch.Tensor) -> bool:
+        return False
+
+
+def vmap_batched(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a torch.func.vmap batched tensor (False while torch.compile traces)."""
+    return not torch.compiler.is_compiling() and _is_batched(x)
+
+
 def functorch_wrapped(x: torch.Tensor) -> bool:
     """Whether ``x`` is a torch.func grad/vmap wrapper (False while torch.compile traces,
     which cannot call the check and handles the transforms itself)."""
