@@ -399,6 +399,50 @@ def test_vmap_in_training_with_unbatched_buffers_raises_torchs_error_with_the_fi
     assert_close(ys, vmap(theirs)(xs), torch.float32, "vmap output")
 
 
+COMPILED_CASES = {
+    "(N, C)": ((16, 8), torch.float32, None),
+    "(N, C, 1) bfloat16 into float32": ((16, 8, 1), torch.bfloat16, None),
+    "NCHW": ((4, 8, 3, 3), torch.float32, None),
+    "channels_last": ((4, 8, 3, 3), torch.float32, torch.channels_last),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILED_CASES))
+def test_under_torch_compile_training_matches_torch_and_the_guard_holds(case) -> None:
+    """torch.compile of a training layer: outputs, input gradients and buffers within rounding
+    of torch's compiled layer (inductor decomposes the kernel, bfloat16 backward included, for
+    both), or closer to float64, and a NaN batch leaves the buffers exactly as they were,
+    uncounted, with the warning."""
+    shape, dtype, memory_format = COMPILED_CASES[case]
+    ours, theirs = _twins(len(shape) - 2, shape[1])
+    exact = copy.deepcopy(theirs).double()
+    compiled, theirs_compiled = torch.compile(ours), torch.compile(theirs)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        x = (torch.randn(shape, generator=generator) * 2 + 1).to(dtype)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        outputs = []
+        for layer, input_dtype in ((compiled, dtype), (theirs_compiled, dtype),
+                                   (exact, torch.float64)):  # fmt: skip
+            xs = x.to(input_dtype, copy=True).requires_grad_()
+            y = layer(xs)
+            y.double().square().sum().backward()
+            outputs.append((y, xs.grad))
+        (y, grad), (y_torch, grad_torch), (y_exact, grad_exact) = outputs
+        assert_matches_torch_or_is_more_accurate(y, y_torch, y_exact, dtype, "output")
+        assert_matches_torch_or_is_more_accurate(grad, grad_torch, grad_exact, dtype, "gradient")
+    assert_close(ours.running_mean, theirs.running_mean, torch.float32, "running_mean")
+    assert_close(ours.running_var, theirs.running_var, torch.float32, "running_var")
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.warns(vs.nn.NonFiniteBatchWarning):
+        compiled(bad)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_skip_nonfinite_false_is_torchs_poisoning_behaviour() -> None:
     ours = vs.nn.BatchNorm1d(3, skip_nonfinite=False)
     theirs = torch.nn.BatchNorm1d(3)

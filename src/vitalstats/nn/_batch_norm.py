@@ -310,8 +310,9 @@ def kernel_update(
 
 
 def _snapshot(running_mean: Tensor, running_var: Tensor) -> Tensor:
-    """(2, C): running_mean and running_var, copied (one C call for CPU buffers)."""
-    lib = native.library()
+    """(2, C): running_mean and running_var, copied (one C call for CPU buffers, outside
+    torch.compile's tracing)."""
+    lib = None if torch.compiler.is_compiling() else native.library()
     channels, dtype = running_mean.numel(), running_mean.dtype
     if (
         lib is not None
@@ -343,9 +344,9 @@ def variance_from_invstd(
     var = invstd^-2 - eps, clamped at 0, within a few ulps of (var + eps) and NaN/Inf where the
     variance was; float32, computed in invstd's dtype. ``finite``: whether every value is
     (True without ``require_finite``); when it is, ``count`` (num_batches_tracked, or None)
-    gains 1. One C call for a float32 or bfloat16 CPU invstd (the same rounding as the ATen
-    ops of the fallback, bit for bit)."""
-    lib = native.library()
+    gains 1. One C call for a float32 or bfloat16 CPU invstd outside torch.compile's tracing
+    (the same rounding as the ATen ops of the fallback, bit for bit)."""
+    lib = None if torch.compiler.is_compiling() else native.library()
     dtype = invstd.dtype
     if (
         lib is not None

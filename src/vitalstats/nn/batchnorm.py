@@ -287,6 +287,8 @@ class _BatchNorm(_NormBase):
         (``kernel_update``, ``_finish_kernel_update``) without its general checks, so a layer
         call costs no more than torch's. None where any condition fails: ``forward``'s
         general path decides."""
+        if torch.compiler.is_compiling():  # C calls on data pointers: not traceable
+            return None
         if not (self.training and type(x) is Tensor and x.dim() == 2 and x.is_cpu):
             return None
         rows, channels = x.shape
@@ -318,7 +320,7 @@ class _BatchNorm(_NormBase):
             and (bias is None or bias.dtype is layer_dtype)
         ):
             return None
-        if torch.compiler.is_compiling() or native.functorch_wrapped(x):
+        if native.functorch_wrapped(x):
             return None
         output, mean, invstd, previous = kernel_update(
             x, weight, bias, eps, running_mean, running_var, momentum, self.skip_nonfinite
