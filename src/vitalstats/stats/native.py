@@ -9,7 +9,10 @@ one call. Its sums run in independent lanes folded into float64 every 2048 value
 are more accurate than ATen's float32 reductions (tests/stats/test_native.py measures both
 against float64). It also holds vitalstats.nn's BatchNorm kernels for float32 input laid out
 as rows of channels ((N, C), channels-last): statistics from float64 sums, the output and
-the backward, each in two passes (``batch_norm_rows_forward``/``_backward``).
+the backward, each in two passes (``batch_norm_rows_forward``/``_backward``); and the two
+small steps around torch's own BatchNorm kernel (``vs_copy_pair``, the running buffers'
+snapshot; ``vs_batch_norm_variance_from_invstd``, the batch variance, the non-finite check
+and the count), called from ``vitalstats.nn._batch_norm``.
 
 The library is built once per machine with the system C compiler (``cc``, ``gcc`` or
 ``clang``; ``$CC`` wins), about a second, and cached by the hash of its source and flags in
